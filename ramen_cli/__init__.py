@@ -1,0 +1,1 @@
+"""Command line of ramen: a thin Typer layer over ``ramen_core``."""
