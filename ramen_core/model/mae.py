@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ramen_core.errors import InputError
 from ramen_core.model.config import RamenConfig
 from ramen_core.model.encoder import ModalityInput, RamenEncoder
 from ramen_core.model.projectors import build_projectors, channel_matrix
@@ -39,7 +40,7 @@ def random_masking(tokens: Tensor, mask_ratio: float, noise: Tensor | None = Non
         The visible tokens [B, len_keep, D] and the masking indices.
     """
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1), got {mask_ratio!r}")
+        raise InputError(f"mask ratio must be in [0, 1), got {mask_ratio!r}; 0.75 is the pre-training value")
     b, length, d = tokens.shape
     if noise is None:
         noise = torch.rand(b, length, device=tokens.device)
