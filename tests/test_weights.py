@@ -93,6 +93,11 @@ def test_parameter_count_matches_official():
     assert sum(p.numel() for p in model.encoder.parameters()) == listing["num_parameters"]["encoder"]
     assert sum(p.numel() for p in model.decoder.parameters()) == listing["num_parameters"]["decoder"]
 
+    state = {entry["key"][len("model."):]: torch.empty(entry["shape"], device="meta") for entry in listing["keys"]}
+    loaded = LoadedWeights(state, RamenConfig.base(), {}, "", PARITY_DIR, parts=["encoder", "decoder"])
+    assert loaded.num_parameters("encoder") == listing["num_parameters"]["encoder"]
+    assert loaded.num_parameters("decoder") == listing["num_parameters"]["decoder"]
+
 
 def test_default_head_counts():
     assert default_num_heads(768) == 12
@@ -327,3 +332,143 @@ def test_hub_offline_cache_from_env(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as error:
         load_encoder(DEFAULT_WEIGHTS)
     assert str(tmp_path / "env-cache") in str(error.value)
+
+
+# ---------------------------------------------------------------- command line
+def _cli():
+    from typer.testing import CliRunner
+
+    from ramen_cli.app import _register_commands, app
+
+    _register_commands()
+    return CliRunner(), app
+
+
+def test_cli_import_and_info(tmp_path, parity_inputs):
+    runner, app = _cli()
+    target = tmp_path / "imported.safetensors"
+    result = runner.invoke(
+        app,
+        ["weights", "import", str(PARITY_DIR / "lightning_style.ckpt"), "-o", str(target),
+         "--num-heads", "4", "--decoder-num-heads", "4", "--metadata", "note=fixture"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+
+    loaded = load_weights(target)
+    assert loaded.config == RamenConfig.tiny()
+    assert loaded.metadata["source"] == "lightning_style.ckpt"
+    assert loaded.metadata["source_sha256"] == sha256_file(PARITY_DIR / "lightning_style.ckpt")
+    assert loaded.metadata["source_format"] == "lightning"
+    assert loaded.metadata["note"] == "fixture"
+    reference = load_encoder(PARITY_DIR / "weights.safetensors", **FIXTURE_HEADS)
+    assert torch.equal(_tokens(load_encoder(target), parity_inputs), _tokens(reference, parity_inputs))
+
+    result = runner.invoke(app, ["weights", "info", str(target), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["sha256"] == sha256_file(target)
+    assert info["parts"] == ["encoder", "decoder"]
+    assert info["config"]["num_heads"] == 4
+    assert info["config_inferred"] is False
+    assert info["parameters"]["encoder"] + info["parameters"]["decoder"] == loaded.num_parameters()
+
+    result = runner.invoke(app, ["weights", "info", str(target)])
+    assert result.exit_code == 0, result.output
+    assert sha256_file(target) in result.output
+    assert "encoder, decoder" in result.output
+
+
+def test_cli_import_needs_trust(tmp_path):
+    runner, app = _cli()
+    lightning = torch.load(PARITY_DIR / "lightning_style.ckpt", weights_only=True)
+    lightning["hyper_parameters"] = argparse.Namespace(lr=1e-4)
+    source = tmp_path / "with_hparams.ckpt"
+    torch.save(lightning, source)
+    target = tmp_path / "out.safetensors"
+
+    result = runner.invoke(app, ["weights", "import", str(source), "-o", str(target)])
+    assert result.exit_code == 1
+    assert "--trust-checkpoint" in result.output
+    assert "Traceback" not in result.output
+    assert not target.exists()
+
+    result = runner.invoke(app, ["weights", "import", str(source), "-o", str(target), "--trust-checkpoint"])
+    assert result.exit_code == 0, result.output
+    assert load_weights(target).parts == ["encoder", "decoder"]
+
+
+def test_cli_info_reports_bad_files(tmp_path):
+    runner, app = _cli()
+    data = (PARITY_DIR / "lightning_style.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 3])
+    result = runner.invoke(app, ["weights", "info", str(tmp_path / "cut.ckpt")])
+    assert result.exit_code == 1
+    assert "corrupt or truncated" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_download_offline(tmp_path, monkeypatch):
+    runner, app = _cli()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["weights", "download", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1
+    assert "local" in result.output
+    result = runner.invoke(app, ["weights", "download", "weights.ckpt"])
+    assert result.exit_code == 1
+    assert "not a hub URI" in result.output
+
+
+def test_hub_offline_uses_cache(tmp_path, monkeypatch, parity_inputs):
+    # The layout that huggingface_hub writes: refs/main names the snapshot folder.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    commit = "0" * 40
+    repo_cache = tmp_path / "cache" / "models--ramen-test--tiny"
+    snapshot = repo_cache / "snapshots" / commit / "ckpt"
+    snapshot.mkdir(parents=True)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+    (snapshot / "model.ckpt").write_bytes((PARITY_DIR / "lightning_style.ckpt").read_bytes())
+
+    uri = "hf://ramen-test/tiny/ckpt/model.ckpt"
+    assert resolve_weights(uri, cache_dir=tmp_path / "cache") == snapshot / "model.ckpt"
+    monkeypatch.setenv("RAMEN_CACHE_DIR", str(tmp_path / "cache"))
+    encoder = load_encoder(uri, **FIXTURE_HEADS)
+    _, _, expected = parity_inputs
+    assert torch.allclose(_tokens(encoder, parity_inputs), expected, atol=2e-5)
+
+
+def test_trusted_load_with_missing_module(tmp_path):
+    # A pickle that names a module which is not installed, as a checkpoint written with
+    # another environment's hyper-parameter classes would.
+    import pickle
+    import sys
+    import types
+
+    module = types.ModuleType("ramen_missing_hparams")
+
+    class Settings:
+        pass
+
+    Settings.__module__ = module.__name__
+    Settings.__qualname__ = "Settings"
+    module.Settings = Settings
+    sys.modules[module.__name__] = module
+    try:
+        lightning = torch.load(PARITY_DIR / "lightning_style.ckpt", weights_only=True)
+        lightning["hyper_parameters"] = Settings()
+        torch.save(lightning, tmp_path / "foreign.ckpt", pickle_module=pickle)
+    finally:
+        del sys.modules[module.__name__]
+    with pytest.raises(WeightsError, match="not installed"):
+        load_weights(tmp_path / "foreign.ckpt", trust_checkpoint=True, **FIXTURE_HEADS)
+    with pytest.raises(WeightsError, match="--trust-checkpoint"):
+        load_weights(tmp_path / "foreign.ckpt", **FIXTURE_HEADS)
+
+
+def test_stored_config_head_override(tmp_path):
+    config = RamenConfig.tiny()
+    target = save_weights(tmp_path / "w.safetensors", RamenEncoder(config), config)
+    assert load_weights(target).config.num_heads == 4
+    assert load_weights(target, num_heads=2).config.num_heads == 2
+    assert load_weights(target, num_heads=2).config.decoder_num_heads == 4

@@ -120,6 +120,12 @@ def read_torch(path: Path, trust_checkpoint: bool = False) -> Any:
                 f"convert it once with `ramen weights import SRC -o DST.safetensors {TRUST_FLAG}`"
             ) from error
         raise _corrupt(path, error) from error
+    except ImportError as error:
+        # Only a trusted load imports the classes that the pickle names.
+        raise WeightsError(
+            f"checkpoint {str(path)!r} pickles objects of a module that is not installed ({error}); "
+            f"install that module, or load the file where it is installed and save its state_dict alone"
+        ) from error
     except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, ValueError, AttributeError) as error:
         # Truncated zip archives raise RuntimeError, truncated pickles EOFError or
         # KeyError, depending on where the bytes end.
@@ -138,7 +144,7 @@ def _extract_state_dict(path: Path, payload: Any) -> tuple[dict[str, Any], str]:
     """Find the state dict inside a loaded torch object."""
     if not isinstance(payload, Mapping):
         raise WeightsError(
-            f"checkpoint {str(path)!r} holds a {type(payload).__name__}, not a dict of tensors; "
+            f"checkpoint {str(path)!r} contains a {type(payload).__name__}, not a dict of tensors; "
             f"save the model's state_dict() instead of the module"
         )
     if "state_dict" in payload and isinstance(payload["state_dict"], Mapping):
@@ -195,6 +201,6 @@ def read_weights_file(path: Path, trust_checkpoint: bool = False) -> RawWeights:
 
 def format_keys(keys: list[str], limit: int = 20) -> str:
     """Format keys for an error message, naming at most ``limit`` of them."""
-    shown = ", ".join(keys[:limit])
+    listed = ", ".join(keys[:limit])
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"{shown}{more}"
+    return f"{listed}{more}"

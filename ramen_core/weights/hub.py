@@ -133,6 +133,13 @@ def download_hub_file(uri: str, cache_dir: str | os.PathLike[str] | None = None)
         raise WeightsError(f"weights {uri} not found on the hub ({error.__class__.__name__}); check the URI") from error
     except (HfHubHTTPError, OSError) as error:
         raise WeightsError(f"failed to download weights {uri}: {error}; {use_local}") from error
+    except Exception as error:
+        # Transport errors in the middle of a download come from the HTTP client that
+        # huggingface_hub bundles (httpx or httpx2, depending on its version).
+        logger.debug("download of %s failed", uri, exc_info=True)
+        raise WeightsError(
+            f"failed to download weights {uri} ({error.__class__.__name__}: {error}); {use_local}"
+        ) from error
     logger.info("weights %s at %s", uri, path)
     return Path(path)
 

@@ -3,10 +3,11 @@
 Shapes give the widths, depths, expert count, MLP ratio, L-TAE sizes and which projectors
 exist. They do not give:
 
-- the attention head counts. The rule is 12 heads for a 768-wide encoder (ViT-Base, the
-  official model), otherwise one head per 64 channels; the decoder gets 16 heads when
-  512 wide (the official decoder), otherwise one head per 32 channels. Pass the counts
-  when a checkpoint was trained with others, or the features will be wrong without error;
+- the attention head counts. A 768-wide encoder gets 12 heads (ViT-Base, the official
+  model) and any other width one head per 64 channels. A 512-wide decoder gets 16 heads
+  (the official decoder) and any other width one head per 32 channels. Pass the counts
+  when a checkpoint was trained with others, because wrong counts load without error
+  but compute other features;
 - the LayerNorm eps of the blocks and the L-TAE date period, which keep their defaults.
 """
 

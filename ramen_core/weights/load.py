@@ -23,6 +23,7 @@ from ramen_core.weights.save import CONFIG_KEY, FORMAT_NAME, RESERVED_METADATA, 
 logger = logging.getLogger(__name__)
 
 WeightsSource = str | os.PathLike[str]
+_BATCHNORM_BUFFERS = (".running_mean", ".running_var", ".num_batches_tracked")
 
 
 @dataclass
@@ -55,13 +56,15 @@ class LoadedWeights:
         return {key[len(prefix):]: value for key, value in self.state_dict.items() if key.startswith(prefix)}
 
     def num_parameters(self, name: str | None = None) -> int:
-        """Count the elements of floating-point tensors, of one part or of the whole file.
+        """Count the parameter elements of one part, or of the whole file.
 
-        BatchNorm running statistics are buffers but float too, so they are included;
-        ``num_batches_tracked`` (int64) is not.
+        BatchNorm running statistics are buffers, not parameters, so they are left out,
+        which makes the count comparable with ``sum(p.numel() for p in model.parameters())``.
         """
-        tensors = self.part(name).values() if name else self.state_dict.values()
-        return sum(t.numel() for t in tensors if t.is_floating_point())
+        state = self.part(name) if name else self.state_dict
+        return sum(
+            tensor.numel() for key, tensor in state.items() if not key.endswith(_BATCHNORM_BUFFERS)
+        )
 
 
 def _stored_config(header: dict[str, str], path: Path) -> RamenConfig | None:
@@ -105,24 +108,22 @@ def load_weights(
     path = resolve_weights(path_or_uri, cache_dir=cache_dir)
     raw = read_weights_file(path, trust_checkpoint=trust_checkpoint)
     stored = _stored_config(raw.header, path)
-    inferred = False
+    heads = {"num_heads": num_heads, "decoder_num_heads": decoder_num_heads}
+    inferred = config is None and stored is None
     if config is None and stored is not None:
         config = stored
-        if num_heads or decoder_num_heads:
-            logger.warning("%s stores its config; overriding its head counts as requested", path)
-            config = RamenConfig.from_dict(
-                {**config.to_dict(), **({"num_heads": num_heads} if num_heads else {}),
-                 **({"decoder_num_heads": decoder_num_heads} if decoder_num_heads else {})}
-            )
+        requested = {name: value for name, value in heads.items() if value is not None}
+        if requested:
+            logger.warning("%s stores its config; overriding %s as requested", path, requested)
+            config = RamenConfig.from_dict({**config.to_dict(), **requested})
     elif config is None:
-        config = infer_config(raw.state_dict, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
-        inferred = True
+        config = infer_config(raw.state_dict, **heads)
     check_against_config(raw.state_dict, config, source=f"weights file {str(path)!r}")
 
     source_format = FORMAT_NAME if stored is not None else raw.source_format
-    metadata = {key: value for key, value in raw.header.items() if key not in RESERVED_METADATA}
-    if source_format != FORMAT_NAME:
-        metadata = {}
+    metadata = {}
+    if stored is not None:
+        metadata = {key: value for key, value in raw.header.items() if key not in RESERVED_METADATA}
     loaded = LoadedWeights(
         state_dict=raw.state_dict,
         config=config,

@@ -58,12 +58,12 @@ def check_against_config(
         present = {key for key in state if key.startswith(prefix)}
         if not present:
             continue
-        wanted = {key for key in expected if key.startswith(prefix)}
-        missing = sorted(wanted - present)
-        unexpected = sorted(present - wanted)
+        expected_keys = {key for key in expected if key.startswith(prefix)}
+        missing = sorted(expected_keys - present)
+        unexpected = sorted(present - expected_keys)
         mismatched = sorted(
             f"{key} (file {tuple(state[key].shape)}, model {expected[key]})"
-            for key in present & wanted
+            for key in present & expected_keys
             if tuple(state[key].shape) != expected[key]
         )
         if missing:
