@@ -245,9 +245,9 @@ def check_negative_share(
 ) -> float:
     """Measure the share of valid pixels that scaling makes negative; warn when it is large.
 
-    A large share means the declared offset and the pixels disagree: the metadata states
-    the Sentinel-2 +1000 DN offset but the stored DN do not contain it (this happens in
-    real Earth Search v1 items), so reflectance comes out 0.1 too low.
+    A large share means the declared offset and the pixels disagree. The metadata states
+    the Sentinel-2 +1000 DN offset, but the stored DN do not contain it, so reflectance
+    comes out 0.1 too low. This happens in real Earth Search v1 items.
 
     Args:
         raw: stored values of one band (numpy, or a computed sample of a dask array).

@@ -102,7 +102,7 @@ class Band:
         return BandSpec.elev(str(self.elevation), name=self.name)
 
     def matches(self, name: str) -> bool:
-        """Whether ``name`` is this band's name or one of its aliases, compared leniently."""
+        """Return whether ``name`` is this band's name or one of its aliases, compared leniently."""
         key = normalise_band_name(name)
         return key == normalise_band_name(self.name) or any(
             key == normalise_band_name(alias) for alias in self.aliases
@@ -274,7 +274,7 @@ class Sensor:
         return ids
 
     def asset_key(self, item: Any, name: str) -> str:
-        """Find the asset of ``item`` that holds band (or mask) ``name``.
+        """Find the asset of ``item`` that contains band (or mask) ``name``.
 
         The item's collection is looked up in every catalog table of this sensor, so an
         item from any catalog (or a local copy of one) resolves the same way. When no table
@@ -384,11 +384,11 @@ def orbit_direction(item: Any, default: str | None = None) -> str:
 # Reading sensor files
 
 
-def _as_float(value: Any, what: str) -> float:
+def _as_float(value: Any, field_name: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+        raise ConfigError(f"{field_name} must be a number, got {value!r}") from None
 
 
 def _band_from_table(table: Mapping[str, Any], where: str) -> Band:

@@ -1,7 +1,7 @@
 """Terrain derivatives of elevation models.
 
 The official RAMEN model saw elevation as a DSM together with its slope (or with a DTM),
-so a DEM modality that asks for ``slope`` derives it here from the DSM.
+so a DEM modality that requests ``slope`` derives it here from the DSM.
 """
 
 from __future__ import annotations
