@@ -22,6 +22,7 @@ from ramen_core.catalog import (
     read_local_items,
     search,
 )
+from ramen_core.catalog.search import _collections_for
 from ramen_core.catalog.stac_api import _signing_modifier, cloud_filter_parameters
 from ramen_core.errors import CatalogError, EmptyResultError, InputError
 from ramen_core.sensors import get_catalog, get_sensor
@@ -386,3 +387,15 @@ def test_cli_unreachable_catalog():
     assert result.exit_code == 1
     assert "cannot open the STAC API at http://127.0.0.1:9" in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_user_sensor_collections_in_known_catalog():
+    sensor = get_sensor("search-cam@10:blue=490,red=665;collection=sentinel-2-l2a")
+    assert _collections_for(sensor, get_catalog("earth-search")) == ["sentinel-2-l2a"]
+    assert _collections_for(get_sensor("s2"), get_catalog("planetary-computer")) == ["sentinel-2-l2a"]
+    assert _collections_for(get_sensor("s1"), get_catalog("http://127.0.0.1:9")) == ["sentinel-1-rtc"]
+
+
+def test_user_sensor_finds_items_by_bands():
+    result = search(sensors=["bands-only@10:B02=490,B04=665"], bbox=BBOX_35MNM, datetime="2020-06", catalog=str(SERIES_35MNM))
+    assert len(result.items["bands-only"]) == 6

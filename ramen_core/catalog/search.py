@@ -115,22 +115,24 @@ def _resolve_source(sensor: Sensor, catalog: str | None) -> Catalog | str:
 def _collections_for(sensor: Sensor, catalog: Catalog) -> list[str]:
     """Return the sensor's collection ids to search in a catalog.
 
-    A known catalog uses its own table; an unknown URL gets every collection id the
-    sensor has in any catalog (Earth Search and Planetary Computer share most ids).
+    A known catalog uses the sensor's table for it, plus the collections that a user
+    sensor lists for any catalog. An unknown URL gets every collection id of the sensor,
+    because Earth Search and Planetary Computer share most ids. An empty list searches
+    all collections and keeps the items that have the sensor's bands.
 
     Raises:
-        InputError: the sensor has no collection in that known catalog.
+        InputError: the sensor has collections, but none in that known catalog.
     """
-    known_names = {entry for entry in sensor.catalogs}
-    if catalog.name in known_names:
-        return sensor.collections(catalog.name)
-    if catalog.name == catalog.url:
-        return sensor.collections()
-    if not sensor.collections():
-        return []
-    alternatives = ", ".join(sorted(name for name in known_names if name != "any")) or "a catalog URL"
+    any_catalog = sensor.collections("any")
+    if catalog.name in sensor.catalogs:
+        own = sensor.collections(catalog.name)
+        return own + [name for name in any_catalog if name not in own]
+    if catalog.name == catalog.url or not sensor.catalogs or any_catalog:
+        return any_catalog or sensor.collections()
+    alternatives = ", ".join(sorted(name for name in sensor.catalogs if name != "any"))
     raise InputError(
-        f"sensor {sensor.id} has no collection in catalog {catalog.name!r}; use --catalog {alternatives}"
+        f"sensor {sensor.id} has no collection in catalog {catalog.name!r}; "
+        f"use --catalog {alternatives} or a STAC API URL"
     )
 
 
