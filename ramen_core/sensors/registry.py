@@ -622,8 +622,12 @@ def register_sensor(sensor: Sensor) -> Sensor:
     return sensor
 
 
-def list_sensors() -> list[Sensor]:
-    """Return every known sensor: the packaged ones, then the registered user sensors."""
+def list_sensors(include_registered: bool = True) -> list[Sensor]:
+    """Return the known sensors: the packaged ones, then (unless ``include_registered`` is
+    False) the user sensors registered in this process, which replace packaged ones of
+    the same id."""
+    if not include_registered:
+        return list(_packaged_sensors())
     packaged = [sensor for sensor in _packaged_sensors() if sensor.id not in _user_sensors]
     return packaged + list(_user_sensors.values())
 
