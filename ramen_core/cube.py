@@ -105,7 +105,8 @@ class SensorCube:
         valid_fraction: float ``[time]``, the share of ``valid`` pixels per slice.
         scaling: one record per time slice and loaded band: the applied ``scale``,
             ``offset``, ``nodata``, ``to_db`` and their ``source``, with ``date``,
-            ``items`` and ``negative_share`` (share of valid pixels below zero after scaling).
+            ``items`` and ``negative_share`` (share of valid pixels below zero after scaling,
+            measured on a low-resolution sample; None when the offset is not negative).
         orbit: ``asc`` or ``des`` for radar sensors, else None.
         mask_layer: name of the quality layer used for ``cloud``, or None.
         mask_invalid: class values (or bit positions) of the quality layer counted as invalid.
@@ -676,7 +677,8 @@ def _radiometry(
         for c, name in enumerate(group.loaded):
             pixels = sample[name].values[t]
             scaling = resolve_db_conversion(scalings[first][c], pixels)
-            share = check_negative_share(pixels, scaling, group.originals[first])
+            # Only a negative offset can push valid pixels below zero; negative dB values are normal.
+            share = check_negative_share(pixels, scaling, group.originals[first]) if scaling.offset < 0 else None
             chosen.append(scaling)
             records.append({**scaling.to_dict(), "date": plane.date.isoformat(), "items": ids, "negative_share": share})
         plane_scalings.append(chosen)

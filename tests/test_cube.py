@@ -24,6 +24,8 @@ DATA = Path(__file__).parent / "data"
 SERIES = DATA / "s2l2a_timeseries_33TWM" / "sentinel-2-l2a"
 SYNTHETIC = DATA / "synthetic_items"
 LUXEMBOURG = DATA / "dem_samples"
+RADAR = DATA / "s1_backscatter_items"
+RADAR_PATCH = DATA / "bigearthnet_mm" / "S1" / "S1A_IW_GRDH_1SDV_20170617T064724_29UPU_36_85"
 
 S2_BANDS = ["B02", "B03", "B04", "B08"]
 BAND_FILES = {"B02": "B02.tif", "B03": "B03.tif", "B04": "B04.tif", "B08": "B08.tif"}
@@ -118,7 +120,7 @@ def test_series_scaling_record(series_cube):
     assert record["processing_baseline"] == "05.09"
     assert record["date"] == "2023-08-10"
     assert record["items"] == ["S2B_33TWM_20230810_0_L2A"]
-    assert record["negative_share"] == 0.0
+    assert record["negative_share"] is None  # offset 0 cannot turn pixels negative
 
 
 def test_series_masks_follow_scl(series_cube):
@@ -334,6 +336,49 @@ def test_sensors_share_bounds_at_own_gsd(cases_url):
     assert 0 < np.nanmedian(optical.data.values[0, 2]) < 0.2
     assert optical.mask_layer is None
     assert not optical.cloud.values.any()
+
+
+# ----------------------------------------------------------------------------- radar
+
+
+@pytest.fixture(scope="module")
+def radar_url(stac_api) -> str:
+    return stac_api(_item_dicts(sorted(RADAR.glob("*.json"))))
+
+
+def test_radar_orbits_load_as_two_cubes(radar_url):
+    items = _search(radar_url, collections=["sentinel-1-rtc"])
+    cubes = load_cubes(items, "s1")
+    assert list(cubes) == ["sentinel-1-rtc:asc", "sentinel-1-rtc:des"]
+    for key, orbit in (("sentinel-1-rtc:asc", "asc"), ("sentinel-1-rtc:des", "des")):
+        cube = cubes[key]
+        assert cube.orbit == orbit
+        assert [band.radar_key for band in cube.bands] == [f"{orbit}_vv", f"{orbit}_vh"]
+        assert cube.transform == Affine(10.0, 0.0, 643200.0, 0.0, -10.0, 5798040.0)
+
+
+def test_radar_converted_to_db_once(radar_url):
+    items = _search(radar_url, collections=["sentinel-1-rtc"])
+    cubes = load_cubes(items, "s1")
+    decibels = _read(RADAR_PATCH / f"{RADAR_PATCH.name}_VV.tif")
+
+    already_db = cubes["sentinel-1-rtc:des"]
+    np.testing.assert_array_equal(already_db.data.values[0, 0], decibels)
+    assert already_db.scaling[0]["to_db"] is False
+    assert already_db.scaling[0]["db_source"] == "negative pixels"
+
+    linear = cubes["sentinel-1-rtc:asc"]
+    np.testing.assert_allclose(linear.data.values[0, 0], decibels, atol=1e-4)
+    assert linear.scaling[0]["to_db"] is True
+    assert linear.scaling[0]["db_source"] == "sensor"
+
+
+def test_radar_orbit_option_selects_one(radar_url):
+    items = _search(radar_url, collections=["sentinel-1-rtc"])
+    cube = load_cube(items, "s1", orbit="des")
+    assert cube.key == "sentinel-1-rtc"
+    assert cube.orbit == "des"
+    assert cube.item_ids == [["bigearthnet-s1-36_85-des"]]
 
 
 # ----------------------------------------------------------------------------- bad input
