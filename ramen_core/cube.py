@@ -191,6 +191,38 @@ class SensorCube:
         usable = self.valid.expand_dims(band=self.data.band) & np.isfinite(scaled)
         return scaled.where(usable, np.float32(fill_value)).astype(np.float32)
 
+    def crop(self, bounds: Sequence[float]) -> SensorCube:
+        """Return the part of the cube inside ``(left, bottom, right, top)`` in its CRS units.
+
+        The bounds must lie on this cube's pixel edges. Bounds on the shared lattice (whole
+        multiples of every sensor's GSD from the common top-left corner) crop all cubes of
+        one :func:`load_cubes` call to the same area. A lazy cube stays lazy.
+
+        Raises:
+            InputError: the bounds are not on pixel edges or reach outside the grid.
+        """
+        left, bottom, right, top = (float(value) for value in bounds)
+        inverse = ~self.transform
+        col_start, row_start = inverse * (left, top)
+        col_stop, row_stop = inverse * (right, bottom)
+        edges = [col_start, row_start, col_stop, row_stop]
+        rounded = [round(value) for value in edges]
+        rows, cols = self.geobox.shape
+        if any(abs(value - whole) > 1e-6 for value, whole in zip(edges, rounded)):
+            raise InputError(f"crop bounds {tuple(bounds)} are not on the {self.gsd:g} m pixel edges of {self.key}")
+        if not (0 <= rounded[0] < rounded[2] <= cols and 0 <= rounded[1] < rounded[3] <= rows):
+            raise InputError(f"crop bounds {tuple(bounds)} reach outside the grid of {self.key} {self.geobox.boundingbox}")
+        window = {"y": slice(rounded[1], rounded[3]), "x": slice(rounded[0], rounded[2])}
+        return replace(
+            self,
+            data=self.data.isel(window),
+            geobox=self.geobox[window["y"], window["x"]],
+            valid=self.valid.isel(window),
+            nodata=self.nodata.isel(window),
+            cloud=self.cloud.isel(window),
+            valid_fraction=self.valid.isel(window).mean(dim=("y", "x")).astype(np.float32).rename("valid_fraction"),
+        )
+
     def select_dates(self, min_valid_fraction: float) -> SensorCube:
         """Return the cube without the slices whose valid share is below ``min_valid_fraction``.
 
@@ -275,7 +307,9 @@ def load_cubes(
             loads a cube per direction when the items mix them.
         chunk_size: edge of the Dask chunks in pixels.
         scheduler: address of a Dask scheduler (``tcp://host:8786``) that runs the
-            loading; None uses the local threaded scheduler.
+            loading when ``compute`` is True; None uses the local threaded scheduler.
+            Lazy cubes compute wherever they are computed later (pass the address to
+            :meth:`SensorCube.compute` or :func:`compute_cubes`).
         compute: load the pixels now (True) or return Dask-backed cubes (False), which
             load when computed, for example window by window.
         patch_url: function applied to every asset href before reading (for example
@@ -359,7 +393,7 @@ def compute_cubes(cubes: Mapping[str, SensorCube], scheduler: str | None = None)
 # Preparation
 
 
-def _per_sensor(value: Any, sensor: Sensor, what: str) -> Any:
+def _per_sensor(value: Any, sensor: Sensor, option_name: str) -> Any:
     """Pick a sensor's entry of a ``{sensor name: value}`` option, or the shared value."""
     if not isinstance(value, Mapping):
         return value
@@ -368,7 +402,7 @@ def _per_sensor(value: Any, sensor: Sensor, what: str) -> Any:
             return entry
     for name in value:
         get_sensor(name)  # an unknown sensor name raises here, with the list of known ones
-    logger.debug("%s: no %s entry for %s, using defaults", what, what, sensor.id)
+    logger.debug("%s: no entry for %s, using the default", option_name, sensor.id)
     return None
 
 

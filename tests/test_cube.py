@@ -213,6 +213,17 @@ def test_unreachable_scheduler_raises(series_url, monkeypatch):
         load_cube(items, "s2", bands=["B04"], scheduler=address)
 
 
+def test_crop_keeps_pixels_and_grid(series_cube):
+    left, top = SERIES_TRANSFORM.c + 10 * 120, SERIES_TRANSFORM.f - 20 * 120
+    cropped = series_cube.crop((left, top - 30 * 120, left + 40 * 120, top))
+    assert cropped.shape == (5, 4, 30, 40)
+    assert cropped.transform == Affine(120.0, 0.0, left, 0.0, -120.0, top)
+    np.testing.assert_array_equal(cropped.data.values, series_cube.data.values[:, :, 20:50, 10:50])
+    np.testing.assert_array_equal(cropped.valid.values, series_cube.valid.values[:, 20:50, 10:50])
+    with pytest.raises(InputError, match="not on the 120 m pixel edges"):
+        series_cube.crop((left + 7, top - 1200, left + 1200, top))
+
+
 def test_untouched_item_warns_about_offset(caplog):
     item = pystac.Item.from_file(SERIES / "S2B_33TWM_20230813_0_L2A" / "S2B_33TWM_20230813_0_L2A.untouched.json")
     with caplog.at_level(logging.WARNING, logger="ramen_core.sensors"):
