@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import types
 import typing
@@ -99,7 +100,7 @@ def convert_value(value: Any, annotation: Any, key: str, base_dir: Path, what: s
         if not isinstance(value, str) or not value:
             raise wrong()
         path = Path(value).expanduser()
-        return path if path.is_absolute() else base_dir / path
+        return path if path.is_absolute() else Path(os.path.normpath(base_dir / path))
     if annotation is Any:
         return value
     if origin is Literal:
@@ -228,8 +229,8 @@ def apply_overrides(
     Args:
         data: the parsed TOML.
         overrides: ``key.path=value`` strings, applied in order.
-        is_path_key: tells which keys hold paths; a relative path given for such a key is
-            made absolute against ``cwd``, because the user typed it relative to where they
+        is_path_key: returns whether a key holds a path. A relative path given for such a
+            key is made absolute against ``cwd``, because the user typed it relative to where they
             are, not to the file.
         cwd: folder for relative override paths; the working directory by default.
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pretrain_fixtures import sample_chips, tiny_run  # noqa: F401  (session fixtures for the chip and training tests)
 from stac_server import Fault, FaultProxy, RustacServer, find_rustac, start_rustac_server
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -1,10 +1,10 @@
 """Chip datasets: aligned multimodal chips in sharded safetensors files, with a manifest.
 
 Build one from local rasters with :func:`build_chips` and a :class:`ChipSpec` (the
-``ramen chips`` command), compute normalisation statistics with :func:`compute_stats`,
-read chips at random with :class:`ChipDataset` or stream them shard by shard, rank by
-rank, with :class:`ChipStream`, and turn a batch into model inputs with
-:func:`collate_chips` and :func:`to_modality_inputs`. :mod:`ramen_core.chips.format`
+``ramen chips`` command), and compute normalisation statistics with :func:`compute_stats`.
+Read chips at random with :class:`ChipDataset`, or stream them shard by shard and rank by
+rank with :class:`ChipStream`. :func:`collate_chips` and :func:`to_modality_inputs` turn
+chips into model inputs. :mod:`ramen_core.chips.format`
 describes the files.
 """
 

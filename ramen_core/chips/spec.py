@@ -92,7 +92,7 @@ class SourceSpec:
         dates: acquisition date of each entry (``2019-09-18``).
         masks: optional quality layer (such as Sentinel-2 SCL) per date.
         file_bands: band names of the files' bands in order, when neither the band
-            descriptions nor the file names say which band is which.
+            descriptions nor the file names name them.
     """
 
     files: list[Union[Path, list[Path]]]
@@ -153,16 +153,7 @@ class ChipSpec:
 
     def band_specs(self, modality: str) -> list[BandSpec]:
         """Return the model's description of the modality's bands, in channel order."""
-        spec = self.modalities[modality]
-        sensor = self.sensor(modality)
-        if sensor is None:
-            return [BandSpec.parse(token) for token in spec.bands]
-        kinds = {band.kind for band in sensor.select(spec.bands or None)}
-        if "radar" in kinds and spec.orbit is None:
-            raise ConfigError(
-                f"chip spec key 'modalities.{modality}.orbit': radar bands need the orbit direction, 'asc' or 'des'"
-            )
-        return sensor.band_specs(spec.bands or None, orbit=spec.orbit)
+        return modality_band_specs(modality, self.modalities[modality])
 
     def band_names(self, modality: str) -> list[str]:
         """Return the registry names of the modality's bands (the tokens without a sensor)."""
@@ -174,6 +165,35 @@ class ChipSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+
+def modality_band_specs(name: str, spec: ModalitySpec) -> list[BandSpec]:
+    """Return the model's description of a modality's bands, in channel order.
+
+    Raises:
+        ConfigError: a band is unknown, radar bands lack the orbit, or the bands mix kinds.
+    """
+    prefix = f"modalities.{name}"
+    if not spec.sensor and not spec.bands:
+        raise ConfigError(f"chip spec key {prefix!r}: give a sensor (such as s2) or the bands as tokens (842, des_vv, dsm)")
+    try:
+        if spec.sensor:
+            sensor = get_sensor(spec.sensor)
+            kinds = {band.kind for band in sensor.select(spec.bands or None)}
+            if "radar" in kinds and spec.orbit is None:
+                raise ConfigError(f"chip spec key '{prefix}.orbit': radar bands need the orbit direction, 'asc' or 'des'")
+            bands = sensor.band_specs(spec.bands or None, orbit=spec.orbit)
+        else:
+            bands = [BandSpec.parse(token) for token in spec.bands]
+    except InputError as error:
+        raise ConfigError(f"chip spec key '{prefix}.bands': {error}") from error
+    kinds = {band.kind for band in bands}
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"chip spec key '{prefix}.bands': one modality takes bands of one kind, got {sorted(kinds)}; "
+            f"split them into separate modalities"
+        )
+    return bands
 
 
 def _iso_date(value: Any, key: str) -> str:
@@ -250,6 +270,9 @@ def chip_spec_from_dict(data: Mapping[str, Any], base_dir: str | Path = ".", sou
         if not isinstance(table, Mapping):
             raise ConfigError(f"chip spec key 'modalities.{name}': expected a table, got {table!r}")
         modalities[name] = build_dataclass(ModalitySpec, table, f"modalities.{name}", base, "chip spec")
+        if modalities[name].gsd is not None and not modalities[name].gsd > 0:
+            raise ConfigError(f"chip spec key 'modalities.{name}.gsd': must be a positive number of metres")
+        modality_band_specs(name, modalities[name])
     scenes_table = data.pop("scenes", None)
     if not isinstance(scenes_table, list) or not scenes_table:
         raise ConfigError(f"chip spec {source}: add at least one [[scenes]] entry")
@@ -275,23 +298,6 @@ def _check_spec(spec: ChipSpec) -> None:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ConfigError(f"chip spec: scene name {repeated[0]!r} is used twice; give each scene its own name")
-    for name, modality in spec.modalities.items():
-        if modality.gsd is not None and not modality.gsd > 0:
-            raise ConfigError(f"chip spec key 'modalities.{name}.gsd': must be a positive number of metres")
-        if not modality.sensor and not modality.bands:
-            raise ConfigError(
-                f"chip spec key 'modalities.{name}': give a sensor (such as s2) or the bands as tokens (842, des_vv, dsm)"
-            )
-        try:
-            bands = spec.band_specs(name)
-        except InputError as error:
-            raise ConfigError(f"chip spec key 'modalities.{name}.bands': {error}") from error
-        kinds = {band.kind for band in bands}
-        if len(kinds) > 1:
-            raise ConfigError(
-                f"chip spec key 'modalities.{name}.bands': one modality takes bands of one kind, got {sorted(kinds)}; "
-                f"split them into separate modalities"
-            )
     if spec.label is not None:
         if not spec.label.classes:
             raise ConfigError("chip spec key 'label.classes': name at least one class")
