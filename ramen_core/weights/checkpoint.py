@@ -65,12 +65,13 @@ def sniff_format(path: Path) -> str:
         head = handle.read(16)
     if not head:
         raise WeightsError(f"weights file {str(path)!r} is empty; download or copy it again")
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTOCOL_2_PLUS):
-        return "torch"
     # A safetensors file starts with the header size (u64, little endian) and then the
-    # JSON header, whose first byte is "{".
+    # JSON header, whose first byte is "{". It is tested first because a header size whose
+    # low byte is 0x80 makes the file start like a pickle.
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTOCOL_2_PLUS):
+        return "torch"
     raise WeightsError(
         f"weights file {str(path)!r} is neither safetensors nor a PyTorch checkpoint "
         f"(first bytes {head[:8]!r}); it may be corrupt or another kind of file"
