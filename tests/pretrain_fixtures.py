@@ -64,6 +64,7 @@ def tiny_run(sample_chips: dict[str, Path], tmp_path_factory: pytest.TempPathFac
         f"checkpoint.dir={root / 'checkpoints'}",
         f"log.dir={root / 'log'}",
         "checkpoint.every_steps=20",
+        "train.cpu_threads=1",
     ]
     recipe = load_recipe(TINY_RECIPE, overrides)
     result = pretrain(recipe)
