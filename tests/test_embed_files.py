@@ -1,0 +1,300 @@
+"""``ramen embed`` end to end on real rasters from tests/data, with a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+
+from embed_support import (
+    BIGEARTHNET_S1,
+    BIGEARTHNET_S2,
+    LUXEMBOURG_DEM,
+    LUXEMBOURG_S2,
+    MAJORTOM,
+    MAJORTOM_SMALL_BBOX,
+    SERIES,
+    SF_S1,
+    SF_S2,
+    coverage_fraction,
+    is_valid_cog,
+    make_tiny_weights,
+    read,
+    run_cli,
+    seam_ratio,
+)
+from ramen_core.inference.tiling import window_starts
+from stac_server import localise_hrefs, read_item_dicts
+
+TINY_DIM = 64
+# Major TOM crop origin (EPSG:32648): x 366032.196859, y 1983668.206432, 384 px of 10 m.
+MAJORTOM_LEFT, MAJORTOM_TOP = 366032.196859, 1983668.206432
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the test machine's two cores are shared, and oversubscription is slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    return str(make_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors"))
+
+
+def embed_ok(*args) -> str:
+    result = run_cli(["embed", *args, "-q"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def check_transform(profile: dict, gsd: float) -> None:
+    transform: Affine = profile["transform"]
+    assert (transform.a, transform.e, transform.b, transform.d) == (gsd, -gsd, 0.0, 0.0)
+    assert transform.c / gsd == math.floor(transform.c / gsd)
+    assert transform.f / gsd == math.floor(transform.f / gsd)
+
+
+def check_valid_area(values: np.ndarray, fraction: np.ndarray) -> None:
+    """Finite where the input covers the whole pixel, NaN (nodata) where it covers none of it."""
+    finite = np.isfinite(values).all(axis=0)
+    inside = fraction > 0.999
+    outside = fraction < 1e-6
+    assert inside.any()
+    assert finite[inside].all(), f"{(~finite[inside]).sum()} NaN pixels inside the valid area"
+    assert not np.isfinite(values[:, outside]).any(), "values outside the input's valid area"
+
+
+# ----------------------------------------------------------------------------- Sentinel-2 alone
+
+
+def test_majortom_native_gsd(tmp_path, weights):
+    output = tmp_path / "emb10.tif"
+    embed_ok(MAJORTOM, "--sensor", "s2", "--gsd", "10", "--bbox", *MAJORTOM_SMALL_BBOX, "--weights", weights,
+             "--window", "16", "-o", output)
+    values, profile = read(output)
+    assert is_valid_cog(output)
+    assert profile["crs"].to_epsg() == 32648
+    check_transform(profile, 10.0)
+    assert values.shape[0] == TINY_DIM
+    assert np.isfinite(values).all()
+    tags = profile["tags"]
+    assert tags["RAMEN_GSD"] == "10"
+    assert json.loads(tags["RAMEN_SENSORS"])[0]["bands"] == [
+        "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"
+    ]
+    assert not (tmp_path / "emb10.tif.ramen-partial").exists()
+
+
+def test_majortom_twice_native_gsd_seam_free(tmp_path, weights):
+    blended = tmp_path / "emb20.tif"
+    embed_ok(MAJORTOM, "--sensor", "s2", "--gsd", "20", "--weights", weights, "--window", "16", "--overlap", "4",
+             "-o", blended)
+    values, profile = read(blended)
+    assert is_valid_cog(blended)
+    check_transform(profile, 20.0)
+    # The crop starts 12.2 m and 11.8 m inside the first column and row: the snapped origin.
+    assert profile["transform"].c == math.floor(MAJORTOM_LEFT / 20) * 20
+    assert profile["transform"].f == math.ceil(MAJORTOM_TOP / 20) * 20
+    assert (profile["width"], profile["height"]) == (193, 193)
+    check_valid_area(values, coverage_fraction(MAJORTOM / "B02.tif", blended))
+
+    across_cols, across_rows = seam_ratio(values[:, 1:-1, 1:-1], 16, 4)
+    assert across_cols <= 1.5
+    assert across_rows <= 1.5
+
+    # Without overlap the window borders show: the blended output must be smoother there.
+    hard = tmp_path / "hard.tif"
+    embed_ok(MAJORTOM, "--sensor", "s2", "--gsd", "20", "--weights", weights, "--window", "16", "--overlap", "0",
+             "-o", hard)
+    hard_cols, hard_rows = seam_ratio(read(hard)[0][:, 1:-1, 1:-1], 16, 0)
+    assert hard_cols > across_cols
+    assert hard_rows > across_rows
+
+
+def test_majortom_band_subset(tmp_path, weights):
+    output = tmp_path / "rgbn.tif"
+    embed_ok(MAJORTOM, "--sensor", "s2", "--bands", "B04,B03,B02,B08", "--gsd", "40", "--weights", weights,
+             "--window", "8", "-o", output)
+    values, profile = read(output)
+    assert json.loads(profile["tags"]["RAMEN_SENSORS"])[0]["bands"] == ["B04", "B03", "B02", "B08"]
+    assert np.isfinite(values[:, 1:-1, 1:-1]).all()
+
+
+# ----------------------------------------------------------------------------- Sentinel-2 with Sentinel-1
+
+
+def test_sen1floods11_reprojected_from_lonlat(tmp_path, weights):
+    output = tmp_path / "floods.tif"
+    embed_ok(SF_S2, "--sensor", "s2-l1c", "--input", f"s1={SF_S1}", "--orbit", "s1=des", "--gsd", "20",
+             "--weights", weights, "--window", "16", "-o", output)
+    values, profile = read(output)
+    assert is_valid_cog(output)
+    assert profile["crs"].to_epsg() == 32630  # the UTM zone of the chip's centre (lon -0.76)
+    check_transform(profile, 20.0)
+    check_valid_area(values, coverage_fraction(SF_S2, output))
+    sensors = json.loads(profile["tags"]["RAMEN_SENSORS"])
+    assert [entry["name"] for entry in sensors] == ["s2-l1c", "s1"]
+    assert sensors[1]["orbit"] == "des"
+    scaling = json.loads(profile["tags"]["RAMEN_SCALING"])
+    assert all(not record["to_db"] for record in scaling["s1"])  # already dB: negative values
+
+
+def test_sen1floods11_crs_override(tmp_path, weights):
+    output = tmp_path / "floods3857.tif"
+    embed_ok(SF_S2, "--sensor", "s2-l1c", "--crs", "3857", "--gsd", "50", "--weights", weights, "--window", "8",
+             "-o", output)
+    _, profile = read(output)
+    assert profile["crs"].to_epsg() == 3857
+    check_transform(profile, 50.0)
+
+
+def test_bigearthnet_folders_concat(tmp_path, weights):
+    output = tmp_path / "ben.tif"
+    embed_ok(BIGEARTHNET_S2, "--sensor", "s2", "--input", f"s1={BIGEARTHNET_S1}", "--orbit", "s1=des",
+             "--gsd", "10", "--fuse", "concat", "--weights", weights, "--window", "16", "-o", output)
+    values, profile = read(output)
+    assert is_valid_cog(output)
+    assert profile["crs"].to_epsg() == 32629
+    assert profile["transform"] == Affine(10.0, 0.0, 643200.0, 0.0, -10.0, 5798040.0)
+    assert (profile["width"], profile["height"]) == (120, 120)
+    assert values.shape[0] == 2 * TINY_DIM
+    assert profile["descriptions"][0] == "s2_embedding_000"
+    assert profile["descriptions"][TINY_DIM] == "s1_embedding_000"
+    assert np.isfinite(values).all()
+    assert profile["tags"]["RAMEN_FUSE"] == "concat"
+
+
+# ----------------------------------------------------------------------------- Sentinel-2 with DEM
+
+
+def test_luxembourg_s2_with_dem(tmp_path, weights):
+    output = tmp_path / "lux.tif"
+    embed_ok(LUXEMBOURG_S2, "--sensor", "s2", "--offset", "s2=-0.1", "--date", "s2=2024-08-24",
+             "--input", f"dem={LUXEMBOURG_DEM}", "--gsd", "2000", "--weights", weights, "--window", "8", "-o", output)
+    values, profile = read(output)
+    assert is_valid_cog(output)
+    assert profile["crs"].to_epsg() == 32632
+    check_transform(profile, 2000.0)
+    tags = profile["tags"]
+    sensors = {entry["name"]: entry for entry in json.loads(tags["RAMEN_SENSORS"])}
+    assert sensors["dem"]["bands"] == ["dsm", "slope"]
+    assert sensors["s2"]["bands"] == ["B02", "B03", "B04", "B08"]
+    assert all(record["offset"] == -0.1 and record["source"] == "user" for record in json.loads(tags["RAMEN_SCALING"])["s2"])
+    assert json.loads(tags["RAMEN_DATES"])["s2"] == ["2024-08-24"]
+    # Outside the country both inputs are nodata, and so is the output; their masks differ slightly.
+    dem = coverage_fraction(LUXEMBOURG_DEM, output)
+    optical = coverage_fraction(LUXEMBOURG_S2, output)
+    check_valid_area(values, np.maximum(dem, optical))
+
+
+# ----------------------------------------------------------------------------- time series from a STAC API
+
+
+@pytest.fixture(scope="module")
+def series_url(stac_api) -> str:
+    paths = sorted(SERIES.glob("*/*_L2A.json"))
+    return stac_api([localise_hrefs(item, path.parent) for path in paths for item in read_item_dicts(path)])
+
+
+def test_time_series_from_stac_api(tmp_path, weights, series_url):
+    output = tmp_path / "series.tif"
+    embed_ok("--bbox", "15.30", "46.75", "15.45", "46.85", "--datetime", "2023-08-01/2023-08-31",
+             "--sensors", "s2", "--catalog", series_url, "--bands", "s2=B02,B03,B04,B08", "--gsd", "240",
+             "--weights", weights, "--window", "8", "-o", output)
+    values, profile = read(output)
+    assert is_valid_cog(output)
+    assert profile["crs"].to_epsg() == 32633
+    check_transform(profile, 240.0)
+    tags = profile["tags"]
+    assert json.loads(tags["RAMEN_DATES"])["sentinel-2-l2a"] == [
+        "2023-08-10", "2023-08-13", "2023-08-15", "2023-08-18", "2023-08-20"
+    ]
+    assert len(json.loads(tags["RAMEN_ITEMS"])["sentinel-2-l2a"]) == 5
+    assert json.loads(tags["RAMEN_SEARCH"])["catalog"] == series_url
+    assert np.isfinite(values).all()  # the R122 dates cover the whole area
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_layer_dtype_vectors_preview(tmp_path, weights):
+    import geopandas as gpd
+    import matplotlib.image
+
+    last = tmp_path / "last.tif"
+    first = tmp_path / "first.tif"
+    common = [BIGEARTHNET_S2, "--sensor", "s2", "--gsd", "20", "--weights", weights, "--window", "8"]
+    embed_ok(*common, "-o", last, "--vectors", tmp_path / "v.parquet", "--preview", tmp_path / "p.png")
+    embed_ok(*common, "-o", first, "--layer", "1", "--dtype", "float16", "--vectors", tmp_path / "cls.parquet",
+             "--pooling", "cls")
+    last_values, last_profile = read(last)
+    first_values, first_profile = read(first)
+    assert last_profile["tags"]["RAMEN_LAYER"] == "2" and first_profile["tags"]["RAMEN_LAYER"] == "1"
+    assert not np.allclose(last_values, first_values)
+    with rasterio.open(first) as dataset:
+        assert dataset.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "16"
+
+    vectors = gpd.read_parquet(tmp_path / "v.parquet")
+    assert list(vectors.columns) == ["window", "row", "col", "valid_fraction", "embedding", "geometry"]
+    assert len(vectors) == len(window_starts(60, 8, 6)) ** 2  # 60 x 60 pixels, windows of 8, overlap 2
+    assert vectors.crs.to_epsg() == 32629
+    assert len(vectors.iloc[0].embedding) == TINY_DIM
+    assert vectors.geometry.iloc[0].bounds == (643200.0, 5798040.0 - 160.0, 643200.0 + 160.0, 5798040.0)
+    assert (vectors.valid_fraction == 1.0).all()
+    cls = gpd.read_parquet(tmp_path / "cls.parquet")
+    assert len(cls.iloc[0].embedding) == TINY_DIM
+    assert not np.allclose(np.stack(cls.embedding), np.stack(vectors.embedding))
+
+    image = matplotlib.image.imread(tmp_path / "p.png")
+    assert image.shape == (60, 60, 4)
+    assert image[..., 3].min() > 0
+
+
+def test_normalization_global_and_file(tmp_path, weights):
+    output = tmp_path / "global.tif"
+    embed_ok(BIGEARTHNET_S2, "--sensor", "s2", "--gsd", "20", "--weights", weights, "--window", "8",
+             "--normalization", "global", "-o", output)
+    record = json.loads(read(output)[1]["tags"]["RAMEN_NORMALIZATION"])
+    assert record["mode"] == "global"
+    statistics = record["statistics"]["s2"]
+    with rasterio.open(next(BIGEARTHNET_S2.glob("*_B04.tif"))) as dataset:
+        red = dataset.read(1).astype(np.float64) * 1e-4
+    assert statistics["B04"]["mean"] == pytest.approx(red.mean(), rel=1e-3)
+    assert statistics["B04"]["std"] == pytest.approx(red.std(), rel=1e-2)
+
+    stats_file = tmp_path / "stats.json"
+    stats_file.write_text(json.dumps(record), encoding="utf-8")  # an earlier output's tag is a valid file
+    again = tmp_path / "from_file.tif"
+    embed_ok(BIGEARTHNET_S2, "--sensor", "s2", "--gsd", "20", "--weights", weights, "--window", "8",
+             "--normalization", stats_file, "-o", again)
+    record_again = json.loads(read(again)[1]["tags"]["RAMEN_NORMALIZATION"])
+    assert record_again["mode"] == "file"
+    assert record_again["statistics"] == record["statistics"]
+    np.testing.assert_array_equal(read(again)[0], read(output)[0])
+
+
+def test_plan_prints_three_gsds(tmp_path, weights):
+    result = run_cli(["embed", MAJORTOM, "--sensor", "s2", "--gsd", "20", "--weights", weights, "--plan"])
+    assert result.exit_code == 0, result.output
+    for gsd in ("10 m", "20 m (chosen)", "40 m"):
+        assert gsd in result.output
+    assert "193 x 193" in result.output and "385 x 385" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_finer_gsd_than_input_warns(tmp_path, weights, caplog):
+    output = tmp_path / "fine.tif"
+    result = run_cli(["embed", LUXEMBOURG_S2, "--sensor", "s2", "--gsd", "500", "--bbox", "6.0", "49.6", "6.1", "49.7",
+                      "--weights", weights, "--window", "8", "-o", output])
+    assert result.exit_code == 0, result.output
+    assert "finer than the finest input" in result.output + caplog.text
+    assert output.exists()
