@@ -13,7 +13,19 @@ from rich.table import Table
 from ramen_cli.app import app
 from ramen_cli.common import handle_errors
 from ramen_core.chips import Manifest, build_chips, compute_stats, load_chip_spec, read_manifest
+from ramen_core.chips.spec import with_labels
 from ramen_core.errors import InputError
+
+
+def _split(text: Optional[str]) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"--ignore-values {text!r} must be whole numbers, such as -1,255") from None
 
 
 def _manifest_table(manifest: Manifest, folder: Path) -> Table:
@@ -54,6 +66,16 @@ def chips_command(
         False, "--stats", help="Compute per-channel mean and standard deviation over valid pixels and store them in the manifest."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset in FOLDER."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Label raster of the spec's single scene (values are class indices): store a label "
+        "chip with every chip, for `ramen finetune`."
+    ),
+    classes: Optional[str] = typer.Option(
+        None, "--classes", help="Comma-separated class names of --labels (needed when the spec has no [label] table)."
+    ),
+    ignore_values: Optional[str] = typer.Option(
+        None, "--ignore-values", help="Comma-separated label values that mean unlabelled, besides the raster's nodata."
+    ),
 ) -> None:
     """Write aligned multimodal chips as sharded safetensors with a manifest.
 
@@ -62,10 +84,14 @@ def chips_command(
     existing dataset in FOLDER, and no option prints what FOLDER holds.
     """
     console = Console(stderr=True)
-    if spec is None and overrides:
-        raise InputError("--set changes a chip spec; give the spec with --spec")
+    if spec is None and (overrides or labels is not None):
+        raise InputError("--set and --labels change a chip spec; give the spec with --spec")
     if spec is not None:
         chip_spec = load_chip_spec(spec, overrides)
+        if labels is not None:
+            chip_spec = with_labels(
+                chip_spec, labels, classes=_split(classes), ignore_values=[_integer(v) for v in _split(ignore_values)]
+            )
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                       transient=True) as bar:
             task = bar.add_task("cutting chips", total=None)

@@ -447,11 +447,13 @@ class SceneReader:
             unlabelled |= np.isin(values, label.ignore_values)
         out_of_range = ~unlabelled & ((values < 0) | (values >= len(label.classes)))
         if out_of_range.any():
-            logger.warning(
-                "scene %s: %d label pixels have values outside 0..%d; they are stored as ignore index %d",
-                self.scene.name, int(out_of_range.sum()), len(label.classes) - 1, label.ignore_index,
+            found = sorted({int(value) for value in np.unique(values[out_of_range])})
+            raise InputError(
+                f"scene {self.scene.name!r}: the label raster has values {found[:10]} outside the classes "
+                f"0..{len(label.classes) - 1} ({', '.join(label.classes)}); declare those classes, or list the "
+                f"values in label.ignore_values (--ignore-values) if they mean unlabelled"
             )
-        return np.where(unlabelled | out_of_range, label.ignore_index, values).astype(np.int16)
+        return np.where(unlabelled, label.ignore_index, values).astype(np.int16)
 
     def positions(self) -> list[tuple[int, int]]:
         """Return the (row, col) of every chip, in first-modality pixels, row by row."""

@@ -330,6 +330,39 @@ def load_chip_spec(path: str | Path, overrides: Sequence[str] = ()) -> ChipSpec:
     return chip_spec_from_dict(data, base_dir=path.resolve().parent, source=str(path))
 
 
+def with_labels(
+    spec: ChipSpec,
+    label: str | Path,
+    classes: Sequence[str] | None = None,
+    ignore_values: Sequence[int] = (),
+) -> ChipSpec:
+    """Return a spec whose only scene takes its labels from ``label`` (``ramen chips --labels``).
+
+    Args:
+        spec: a spec with exactly one scene.
+        label: label raster of that scene; its values are class indices.
+        classes: class names, required when the spec has no ``[label]`` table.
+        ignore_values: label values that mean "unlabelled", besides the raster's nodata.
+
+    Raises:
+        ConfigError: the spec has several scenes, or no class names are known.
+    """
+    if len(spec.scenes) != 1:
+        raise ConfigError(
+            f"--labels names one label raster, but the chip spec has {len(spec.scenes)} scenes; "
+            f"give each scene its label = \"FILE\" in the spec instead"
+        )
+    label_spec = spec.label
+    if classes:
+        label_spec = LabelSpec(classes=list(classes)) if label_spec is None else dataclasses.replace(label_spec, classes=list(classes))
+    if label_spec is None:
+        raise ConfigError("--labels needs the class names: pass --classes NAME,NAME or add a [label] table to the spec")
+    if ignore_values:
+        label_spec = dataclasses.replace(label_spec, ignore_values=sorted({*label_spec.ignore_values, *ignore_values}))
+    scene = dataclasses.replace(spec.scenes[0], label=Path(label))
+    return replace_spec(spec, scenes=[scene], label=label_spec)
+
+
 def replace_spec(spec: ChipSpec, **changes: Any) -> ChipSpec:
     """Return a copy of a spec with some fields changed, validated again."""
     updated = dataclasses.replace(spec, **changes)
