@@ -141,6 +141,9 @@ class ModalitySpec:
         mean: per-band normalisation mean, in physical units (reflectance, dB, m).
         std: per-band normalisation standard deviation, in the same units.
         orbit: orbit direction of radar bands, ``asc`` or ``des``; None for other sensors.
+        scale: factor from stored values to physical units used in training, when it
+            differs from the sensor's; None means the sensor's.
+        offset: added after ``scale``, in physical units; None means the sensor's.
     """
 
     name: str
@@ -151,6 +154,8 @@ class ModalitySpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     orbit: str | None = None
+    scale: float | None = None
+    offset: float | None = None
 
     def __post_init__(self) -> None:
         count = len(self.bands)
@@ -184,6 +189,8 @@ class ModalitySpec:
             mean=tuple(float(value) for value in data["mean"]),
             std=tuple(float(value) for value in data["std"]),
             orbit=data.get("orbit"),
+            scale=data.get("scale"),
+            offset=data.get("offset"),
         )
 
 

@@ -33,6 +33,7 @@ def plot_training(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [record["epoch"] for record in history]
     figure, (losses, scores, matrix_axes) = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -52,6 +53,8 @@ def plot_training(
     )
     scores.axvline(best_epoch, color="black", linewidth=0.8, linestyle=":")
     scores.set_ylim(0, 1)
+    for axes in (losses, scores):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     scores.set_xlabel("epoch")
     scores.set_title("Validation (mIoU over classes present)")
     scores.legend(loc="lower right")

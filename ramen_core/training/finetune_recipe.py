@@ -124,7 +124,10 @@ class InputRecipe:
             default bands.
         orbit: orbit direction of radar bands, ``asc`` or ``des``.
         units: units of radar bands in GeoTIFF chips: ``db``, ``linear`` or ``auto``
-            (dB when most valid pixels are negative).
+            (dB when more than 5 % of the valid pixels are negative).
+        scale: factor from stored values to physical units in GeoTIFF chips; default the
+            sensor's (HLS Burn Scars chips are stored as reflectance already: 1.0).
+        offset: added after ``scale``, in physical units; default the sensor's.
         gsd: native GSD in metres; 0 reads it from the chips.
         normalization: ``registry`` (the sensor's statistics), ``dataset`` (the statistics
             that ``ramen chips --stats`` stored with a chip dataset) or ``custom``
@@ -137,6 +140,8 @@ class InputRecipe:
     bands: list[str] = field(default_factory=list)
     orbit: Optional[Literal["asc", "des"]] = None
     units: Literal["auto", "db", "linear"] = "auto"
+    scale: Optional[float] = None
+    offset: Optional[float] = None
     gsd: float = 0.0
     normalization: Literal["registry", "dataset", "custom"] = "registry"
     mean: list[float] = field(default_factory=list)
