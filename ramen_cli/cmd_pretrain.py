@@ -100,7 +100,10 @@ def pretrain_command(
 def export_command(
     checkpoint: Path = typer.Argument(..., help="Checkpoint folder (its newest checkpoint) or step-*.safetensors file."),
     output: Path = typer.Option(..., "--out", "-o", help="Encoder weights file to write (.safetensors)."),
+    description: Optional[str] = typer.Option(
+        None, "--description", help="Text stored as the file's 'description' metadata, such as what the model is for."
+    ),
 ) -> None:
     """Write the encoder of a pre-training checkpoint in the weights format that `ramen embed` loads."""
-    path = export_encoder(checkpoint, output)
+    path = export_encoder(checkpoint, output, {"description": description} if description else None)
     Console().print(f"wrote {path}", highlight=False)

@@ -267,6 +267,17 @@ class Manifest:
         return dataclasses.replace(self, stats=stats)
 
 
+def default_mode(directory: bool = False) -> int:
+    """Return the permission bits a new file (or folder) gets under the process umask.
+
+    ``tempfile`` creates files with mode 0600 and folders with 0700; outputs renamed from
+    them get these bits instead, like files written with ``open``.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
     try:
@@ -277,6 +288,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(data, stream, indent=1)
             stream.write("\n")
+        os.chmod(temporary, default_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 
 from ramen_core.chips.format import (
     SHARD_PATTERN,
+    default_mode,
     LabelInfo,
     Manifest,
     ModalityInfo,
@@ -73,6 +75,7 @@ class ChipWriter:
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".partial", dir=self.folder.parent))
+            os.chmod(self.staging, default_mode(directory=True))
         except OSError as error:
             raise OutputError(f"cannot create a folder next to {str(self.folder)!r}: {error}") from error
         self.shards: list[ShardInfo] = []

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ramen_core.chips.format import default_mode
 from ramen_core.errors import InputError, OutputError, WeightsError
 from ramen_core.model import RamenConfig
 from ramen_core.weights import load_weights, save_weights
@@ -74,6 +75,7 @@ def _atomic_torch_save(payload: Any, path: Path) -> None:
         raise OutputError(f"cannot write {str(path)!r}: {error}") from error
     try:
         torch.save(payload, temporary)
+        os.chmod(temporary, default_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -85,6 +87,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(temporary, default_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
