@@ -290,3 +290,36 @@ def test_chips_labels_reject_undeclared_values(tmp_path):
     ])
     assert result.exit_code == 1
     assert "values [-1] outside the classes" in " ".join(result.output.split())
+
+
+# ---------------------------------------------------------------------------------- determinism and resume
+# The north-west quarter of the chip, in degrees.
+QUARTER = (-0.7818, 38.1059, -0.7589, 38.1288)
+
+
+def _segment_coarse(model_path: Path, output: Path, **options):
+    inputs = [FileInput(S1, "", name="s1", orbit="des"), FileInput(S2, "", name="s2")]
+    return segment(
+        inputs, output, model=model_path, output_gsd=40.0, bbox=QUARTER, window=16, batch_size=2, **options
+    )
+
+
+def test_segment_deterministic_and_resumable(trained, tmp_path):
+    model_path = trained / "model.safetensors"
+    first = _segment_coarse(model_path, tmp_path / "first.tif")
+    second = _segment_coarse(model_path, tmp_path / "second.tif")
+    assert first.grid.gsd == 40.0
+    assert (tmp_path / "first.tif").read_bytes() == (tmp_path / "second.tif").read_bytes()
+
+    def stop_after_two_batches(update):
+        if update.stage == "windows" and update.windows_done >= 4:
+            raise KeyboardInterrupt
+
+    interrupted = tmp_path / "resumed.tif"
+    with pytest.raises(KeyboardInterrupt):
+        _segment_coarse(model_path, interrupted, checkpoint_interval=0.0, progress=stop_after_two_batches)
+    assert not interrupted.exists()
+    assert (tmp_path / "resumed.tif.ramen-partial").is_dir()
+    _segment_coarse(model_path, interrupted, resume=True)
+    assert interrupted.read_bytes() == (tmp_path / "first.tif").read_bytes()
+    assert not (tmp_path / "resumed.tif.ramen-partial").exists()
