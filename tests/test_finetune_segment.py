@@ -1,7 +1,7 @@
 """Fine-tuning and segmentation on the real Sen1Floods11 Spain chip, end to end through the CLI.
 
 The tiny encoder (random weights, frozen) and a small UPerNet head are trained once per
-session on the left three quarters of the chip and validated on the right quarter; the
+session on the left three quarters of the chip and validated on the right quarter. The
 whole chip is then segmented with the saved model.
 """
 

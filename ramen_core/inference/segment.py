@@ -375,6 +375,8 @@ def _model_normalization(model: SegmentationModel) -> Normalization:
 
 def _catalog_modalities(model: SegmentationModel, query: CatalogQuery, crs: Any, pixel_gsd: float, chunk: int) -> tuple[list[Any], Any, Any, dict[str, Any]]:
     """Search and load one cube per model input, named as the model names them."""
+    # NOTE: no test runs segment on a catalog search yet; the search and cube loading are
+    # those of embed, which its tests cover.
     sensors = [spec.sensor for spec in model.modalities]
     bands = {spec.sensor: list(spec.bands) for spec in model.modalities}
     query = replace(query, sensors=sensors, bands=bands)
