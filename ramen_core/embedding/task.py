@@ -90,21 +90,25 @@ class EmbeddingTask:
 
     # ------------------------------------------------------------------ reading
     def read(self, windows: Sequence[Window]) -> WindowInputs:
-        data: list[list[np.ndarray]] = [[] for _ in self.modalities]
-        valid: list[list[np.ndarray]] = [[] for _ in self.modalities]
-        for window in windows:
-            for index, modality in enumerate(self.modalities):
+        count = len(windows)
+        data: list[np.ndarray] = []
+        valid: list[np.ndarray] = []
+        has_data = np.zeros(count, dtype=bool)
+        for index, modality in enumerate(self.modalities):
+            mean, std = self._statistics[index]
+            for position, window in enumerate(windows):
                 result = modality.read_window(self.grid, window.row, window.col, window.height, window.width)
-                mean, std = self._statistics[index]
+                if position == 0:
+                    data.append(np.zeros((count, *result.data.shape), dtype=np.float32))
+                    valid.append(np.zeros((count, *result.valid.shape), dtype=bool))
+                valid[index][position] = result.valid
+                if not result.valid.any():
+                    continue  # left at zero and skipped by run(), unless another modality has data
+                has_data[position] = True
                 normalised = (result.data - mean[None, :, None, None]) / std[None, :, None, None]
                 usable = result.valid[:, None] & np.isfinite(normalised)
-                data[index].append(np.where(usable, normalised, np.float32(0.0)).astype(np.float32))
-                valid[index].append(result.valid)
-        stacked_valid = [np.stack(values) for values in valid]
-        has_data = np.zeros(len(windows), dtype=bool)
-        for values in stacked_valid:
-            has_data |= values.reshape(len(windows), -1).any(axis=1)
-        return WindowInputs([np.stack(values) for values in data], stacked_valid, has_data)
+                data[index][position] = np.where(usable, normalised, np.float32(0.0))
+        return WindowInputs(data, valid, has_data)
 
     # ------------------------------------------------------------------ encoding
     def run(self, windows: Sequence[Window], inputs: WindowInputs) -> BatchResult:

@@ -483,7 +483,8 @@ def _run_on_dask(
     from distributed import Client, as_completed
 
     try:
-        client = Client(scheduler, timeout="30s")
+        # The connection timeout is Dask's setting distributed.comm.timeouts.connect (30 s by default).
+        client = Client(scheduler)
     except (OSError, TimeoutError) as error:
         raise InputError(f"cannot connect to the Dask scheduler {scheduler!r} ({error}); check the address") from None
     done = already

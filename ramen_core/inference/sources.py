@@ -32,7 +32,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
@@ -218,10 +218,14 @@ class FileModality:
         for band_file in self.files:
             by_file.setdefault((band_file.path, band_file.nodata), []).append(band_file)
         for (path, nodata), band_files in by_file.items():
-            vrt = self._vrt(path, nodata, grid, pixel)
-            window = RasterioWindow(col * pixel + 1 - margin, row * pixel + 1 - margin, w + 2 * margin, h + 2 * margin)
+            indexes = [band_file.index for band_file in band_files]
             try:
-                values = vrt.read([band_file.index for band_file in band_files], window=window)
+                values = self._read_aligned(path, nodata, indexes, grid, pixel, row, col, h, w, margin)
+                if values is None:
+                    vrt = self._vrt(path, nodata, grid, pixel)
+                    window = RasterioWindow(col * pixel + 1 - margin, row * pixel + 1 - margin, w + 2 * margin,
+                                            h + 2 * margin)
+                    values = vrt.read(indexes, window=window)
             except RasterioError as error:
                 raise InputError(f"failed to read {path!r} ({error}); the file may be corrupt or truncated") from None
             for band_file, raw in zip(band_files, values):
@@ -239,6 +243,60 @@ class FileModality:
         data = np.stack(channels)[None]  # [1, C, h, w]
         valid = np.isfinite(data).all(axis=1)
         return ReadResult(data=data.astype(np.float32, copy=False), valid=valid)
+
+    def _read_aligned(
+        self,
+        path: str,
+        nodata: float | None,
+        indexes: list[int],
+        grid: TargetGrid,
+        pixel: int,
+        row: int,
+        col: int,
+        h: int,
+        w: int,
+        margin: int,
+    ) -> np.ndarray | None:
+        """Read a window without resampling when the file's pixels are the read grid's pixels.
+
+        That is the case when the file is in the output CRS, its pixel size is
+        ``GSD_target / p`` and its pixel corners fall on the read grid's. Returns None
+        otherwise, and the caller warps. Pixels outside the file, and nodata, are NaN.
+        """
+        dataset = self._dataset(path)
+        size = grid.gsd / pixel
+        transform = dataset.transform
+        if dataset.crs != grid.crs or transform.b != 0 or transform.d != 0:
+            return None
+        if abs(transform.a - size) > 1e-9 * size or abs(transform.e + size) > 1e-9 * size:
+            return None
+        left = grid.transform.c + col * grid.gsd - margin * size
+        top = grid.transform.f - row * grid.gsd + margin * size
+        col_offset = (left - transform.c) / size
+        row_offset = (transform.f - top) / size
+        if abs(col_offset - round(col_offset)) > 1e-6 or abs(row_offset - round(row_offset)) > 1e-6:
+            return None
+        col_offset, row_offset = int(round(col_offset)), int(round(row_offset))
+        height, width = h + 2 * margin, w + 2 * margin
+        values = np.full((len(indexes), height, width), np.nan, dtype=np.float32)
+        r0, r1 = max(0, row_offset), min(dataset.height, row_offset + height)
+        c0, c1 = max(0, col_offset), min(dataset.width, col_offset + width)
+        if r0 >= r1 or c0 >= c1:
+            return values
+        read_window = RasterioWindow(c0, r0, c1 - c0, r1 - r0)
+        # A mask band or alpha band marks invalid pixels too; plain nodata is compared below, faster.
+        has_mask = any(
+            MaskFlags.per_dataset in dataset.mask_flag_enums[index - 1] or MaskFlags.alpha in dataset.mask_flag_enums[index - 1]
+            for index in indexes
+        )
+        block = dataset.read(indexes, window=read_window, masked=has_mask)
+        data = np.ma.getdata(block).astype(np.float32, copy=False)
+        invalid = np.ma.getmaskarray(block) if has_mask else np.zeros(data.shape, dtype=bool)
+        if nodata is not None:
+            invalid |= np.isnan(data) if math.isnan(nodata) else data == np.float32(nodata)
+        data[invalid] = np.nan
+        values[:, r0 - row_offset : r1 - row_offset, c0 - col_offset : c1 - col_offset] = data
+        return values
 
     def _scale(self, band: str, raw: np.ndarray) -> np.ndarray:
         scaling = self.scalings[band]
