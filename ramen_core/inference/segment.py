@@ -490,6 +490,8 @@ def segment(
     overlap_px = min(window_px - 1, max(0, round(overlap * pixels_per_model_token)))
     if window_px < pixels_per_model_token:
         raise InputError(f"a window of {window} tokens at {gsd:g} m is smaller than one token; raise --window")
+    # NOTE: unlike embed, segment neither estimates the batch's memory before running nor
+    # offers --plan or a Dask scheduler yet.
     plan = plan_windows(grid, window_px, overlap_px, None, DEFAULT_LOCAL_TILE_WIDTH)
     logger.info(
         "segmenting %d x %d pixels of %.4g m (%s) at GSD %g m: %d windows of %d pixels",
