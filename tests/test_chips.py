@@ -349,3 +349,68 @@ def test_shipped_specs_load() -> None:
     for path in sorted(SPECS.glob("*.toml")):
         spec = load_chip_spec(path)
         assert spec.scenes
+
+
+# ---------------------------------------------------------------------------------- STAC source
+SERIES = DATA / "s2l2a_timeseries_33TWM"
+SERIES_BBOX = (15.30, 46.75, 15.45, 46.85)
+
+
+def test_stac_api_chips(stac_api, tmp_path: Path) -> None:
+    from stac_server import localise_hrefs, read_item_dicts
+
+    from ramen_core.chips.stac import build_chips_from_stac
+
+    paths = sorted((SERIES / "sentinel-2-l2a").glob("*/*_L2A.json"))
+    url = stac_api([localise_hrefs(item, path.parent) for path in paths for item in read_item_dicts(path)])
+    manifest = build_chips_from_stac(
+        tmp_path / "stac", sensors="s2", bbox=SERIES_BBOX, datetime="2023-08-01/2023-08-31", catalog=url,
+        bands=["B02", "B03", "B04", "B08"], size=16, min_valid=0.5, shard_size=8, name="series", stats=True,
+    )
+    info = manifest.modalities["s2"]
+    assert info.num_dates == 5
+    assert info.gsd == 120.0
+    assert info.size == (16, 16)
+    assert [band.name for band in info.bands] == ["B02", "B03", "B04", "B08"]
+    assert manifest.scenes[0].crs == "EPSG:32633"
+    assert [entry["date"] for entry in manifest.scenes[0].sources["s2"]] == [
+        "2023-08-10", "2023-08-13", "2023-08-15", "2023-08-18", "2023-08-20",
+    ]
+    assert manifest.spec["catalog"] == url
+    assert manifest.stats is not None
+
+    dataset = ChipDataset(tmp_path / "stac")
+    chip = dataset[0]
+    assert chip["s2/dates"].tolist() == [19579, 19582, 19584, 19587, 19589]
+    # The chip is the window of the 120 m files at its bounds, in reflectance.
+    left, _, _, top = chip["chip/bounds"].tolist()
+    column, row = int((left - 515340.0) / 120.0), int((5200020.0 - top) / 120.0)
+    with rasterio.open(SERIES / "sentinel-2-l2a" / "S2A_33TWM_20230815_0_L2A" / "B04.tif") as source:
+        raw = source.read(1)[row : row + 16, column : column + 16].astype(np.float32)
+    valid = chip["s2/valid"][2].numpy()
+    stored = chip["s2/data"][2, 2].numpy()
+    assert valid.mean() > 0.9
+    np.testing.assert_allclose(stored[valid], raw[valid] * 1e-4, rtol=1e-5, atol=1e-6)
+
+
+def test_stac_chips_command_local_catalog(tmp_path: Path) -> None:
+    _register_commands()
+    runner = CliRunner()
+    folder = tmp_path / "series"
+    arguments = [
+        "chips", str(folder), "--sensors", "s2", "--bbox", *map(str, SERIES_BBOX), "--datetime", "2023-08-01/2023-08-31",
+        "--catalog", str(SERIES / "catalog.json"), "--bands", "B02,B03,B04,B08", "--size", "16", "--stats",
+    ]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(folder)
+    assert manifest.num_chips > 10
+    assert manifest.modalities["s2"].num_dates == 5
+
+    result = runner.invoke(app, ["chips", str(tmp_path / "x"), "--sensors", "s2"])
+    assert result.exit_code == 1
+    assert "--bbox" in result.output
+    result = runner.invoke(app, ["chips", str(tmp_path / "x"), "--sensors", "s2", "--bbox", "1", "2", "3", "4",
+                                 "--spec", str(SPECS / "luxembourg.toml")])
+    assert result.exit_code == 1
+    assert "not both" in result.output

@@ -96,6 +96,11 @@ def whole(value: float, what: str) -> int:
     return int(rounded)
 
 
+def chip_positions(rows: int, cols: int, size: int, step: int) -> list[tuple[int, int]]:
+    """Return the top-left (row, col) of every whole chip of ``size`` px on a grid, row by row."""
+    return [(row, col) for row in range(0, rows - size + 1, step) for col in range(0, cols - size + 1, step)]
+
+
 def _open(path: Path, stack: contextlib.ExitStack) -> Any:
     try:
         return stack.enter_context(rasterio.open(path))
@@ -458,10 +463,7 @@ class SceneReader:
     def positions(self) -> list[tuple[int, int]]:
         """Return the (row, col) of every chip, in first-modality pixels, row by row."""
         assert self.grid is not None
-        size, step = self.spec.size, self.spec.step
-        rows = range(0, self.grid.rows - size + 1, step)
-        cols = range(0, self.grid.cols - size + 1, step)
-        return [(row, col) for row in rows for col in cols]
+        return chip_positions(self.grid.rows, self.grid.cols, self.spec.size, self.spec.step)
 
     def chips(self) -> Iterator[ChipArrays]:
         """Yield the chips whose every modality has at least ``min_valid`` valid pixels."""
