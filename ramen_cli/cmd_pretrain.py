@@ -1,7 +1,8 @@
-"""``ramen pretrain``: MAE pre-training from a TOML recipe, and encoder export."""
+"""``ramen pretrain``: MAE pre-training from a TOML recipe, encoder export and training statistics."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,9 +13,10 @@ from ramen_cli.app import app
 from ramen_cli.common import handle_errors
 from ramen_core.errors import InputError
 from ramen_core.model import grid_shape
-from ramen_core.training import export_encoder, load_recipe, pretrain
+from ramen_core.training import export_encoder, load_recipe, pretrain, training_statistics
 from ramen_core.training.data import PretrainData
 from ramen_core.training.pretrain import steps_per_epoch
+from ramen_core.weights import load_weights
 
 pretrain_app = typer.Typer(
     help="Pre-train RAMEN as a masked auto-encoder on chip datasets, following a TOML recipe. "
@@ -107,3 +109,18 @@ def export_command(
     """Write the encoder of a pre-training checkpoint in the weights format that `ramen embed` loads."""
     path = export_encoder(checkpoint, output, {"description": description} if description else None)
     Console().print(f"wrote {path}", highlight=False)
+
+
+@pretrain_app.command("statistics")
+@handle_errors
+def statistics_command(
+    weights: Path = typer.Argument(..., help="Pre-training checkpoint or exported encoder (.safetensors)."),
+    output: Path = typer.Option(..., "--out", "-o", help="JSON file to write, for `ramen embed --normalization FILE`."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Training dataset whose statistics to write (needed when there were several)."
+    ),
+) -> None:
+    """Write the band statistics a model was pre-trained with, in the layout `ramen embed` reads."""
+    table = training_statistics(load_weights(weights).metadata, dataset)
+    output.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    Console().print(f"wrote {output} ({', '.join(table)})", highlight=False)

@@ -323,3 +323,26 @@ def test_checkpoint_header_size_0x80_loads(tmp_path: Path) -> None:
         padding += (0x80 - first) % 256 or 8
     assert path.read_bytes()[0] == 0x80
     assert load_weights(path).metadata["padding"] == "x" * padding
+
+
+def test_training_statistics_for_embed(tiny_run: TinyRun, tmp_path: Path) -> None:
+    from ramen_core.training import training_statistics
+
+    metadata = load_weights(tiny_run.checkpoint_dir / "encoder.safetensors").metadata
+    table = training_statistics(metadata, "sen1floods11")
+    assert set(table) == {"sentinel-2-l1c", "sentinel-1-grd"}
+    assert set(table["sentinel-1-grd"]) == {"vv", "vh"}
+    assert table["sentinel-1-grd"]["vv"]["std"] > 0
+    with pytest.raises(WeightsError, match="several datasets"):
+        training_statistics(metadata)
+    with pytest.raises(WeightsError, match="no training dataset 'mmearth'"):
+        training_statistics(metadata, "mmearth")
+
+    _register_commands()
+    output = tmp_path / "stats.json"
+    result = CliRunner().invoke(app, [
+        "pretrain", "statistics", str(tiny_run.checkpoint_dir / "encoder.safetensors"),
+        "--dataset", "luxembourg", "--out", str(output),
+    ])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(output.read_text())) == {"sentinel-2-l2a", "cop-dem-glo-30"}

@@ -1,6 +1,13 @@
 """Training: MAE pre-training from recipes (:func:`pretrain`), checkpoints and encoder export."""
 
-from ramen_core.training.checkpoint import TrainState, export_encoder, find_checkpoint, load_checkpoint, save_checkpoint
+from ramen_core.training.checkpoint import (
+    TrainState,
+    export_encoder,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    training_statistics,
+)
 from ramen_core.training.pretrain import PretrainResult, parameter_fingerprint, pretrain
 from ramen_core.training.recipe import DatasetRecipe, GSDRange, Recipe, load_recipe, recipe_from_dict
 
@@ -18,4 +25,5 @@ __all__ = [
     "pretrain",
     "recipe_from_dict",
     "save_checkpoint",
+    "training_statistics",
 ]

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,47 @@ def load_checkpoint(
     state = TrainState(**payload["state"])
     logger.info("resumed from %s at step %d", weights_path, state.step)
     return state, loaded.metadata
+
+
+def training_statistics(metadata: Mapping[str, str], dataset: str | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Return one training dataset's band statistics in the layout ``ramen embed --normalization FILE`` reads.
+
+    The layout is ``{key: {band: {"mean": m, "std": s}}}`` in the units of the chips
+    (reflectance, dB, metres, degrees), so an encoder can be run on inputs normalised as
+    in its pre-training. The key is the modality's sensor id (``sentinel-2-l1c``), which
+    ``ramen embed`` matches whatever alias names the input, or the modality name when the
+    chips had no sensor or two modalities share one.
+
+    Args:
+        metadata: header metadata of a checkpoint or exported encoder.
+        dataset: training dataset name; may be omitted when there was only one.
+
+    Raises:
+        WeightsError: the weights carry no statistics, or ``dataset`` is not one of them.
+    """
+    text = metadata.get("normalization")
+    if not text:
+        raise WeightsError("these weights carry no training statistics (no 'normalization' metadata)")
+    record = json.loads(text)
+    if dataset is None:
+        if len(record) != 1:
+            raise WeightsError(f"the weights were trained on several datasets; choose one of {', '.join(record)}")
+        dataset = next(iter(record))
+    if dataset not in record:
+        raise WeightsError(f"no training dataset {dataset!r} in the weights; they were trained on {', '.join(record)}")
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    entries = record[dataset]
+    sensors = [entry.get("sensor") for entry in entries.values()]
+    for modality, entry in entries.items():
+        if "mean" not in entry:
+            raise WeightsError(f"dataset {dataset!r} was trained without normalisation statistics (mae.normalization = none)")
+        sensor = entry.get("sensor")
+        key = sensor if sensor and sensors.count(sensor) == 1 else modality
+        table[key] = {
+            band: {"mean": float(mean), "std": float(std)}
+            for band, mean, std in zip(entry["bands"], entry["mean"], entry["std"])
+        }
+    return table
 
 
 def export_encoder(checkpoint: str | Path, output: str | Path, metadata: dict[str, str] | None = None) -> Path:
