@@ -144,6 +144,16 @@ def test_resume_rejects_other_model(sample_chips: dict[str, Path], tmp_path: Pat
         pretrain(other, resume=True)
 
 
+def test_resume_warns_on_recipe_change(sample_chips: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pretrain(load_recipe(TINY_RECIPE, _small_run(sample_chips, tmp_path, 1)))
+    with caplog.at_level("WARNING", logger="ramen_core.training.pretrain"):
+        pretrain(load_recipe(TINY_RECIPE, _small_run(sample_chips, tmp_path, 2)), resume=True)
+    assert "differ from the checkpoint" not in caplog.text
+    with caplog.at_level("WARNING", logger="ramen_core.training.pretrain"):
+        pretrain(load_recipe(TINY_RECIPE, _small_run(sample_chips, tmp_path, 3, "optim.lr=1e-4")), resume=True)
+    assert "differ from the checkpoint's (optim.lr)" in caplog.text
+
+
 def test_fresh_start_keeps_existing_run(sample_chips: dict[str, Path], tmp_path: Path) -> None:
     recipe = load_recipe(TINY_RECIPE, _small_run(sample_chips, tmp_path, 1))
     pretrain(recipe)

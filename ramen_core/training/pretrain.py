@@ -169,6 +169,35 @@ def _check_fresh_start(recipe: Recipe, overwrite: bool) -> None:
         )
 
 
+# Keys that may change between an interrupted run and its resumption without changing its draws.
+_RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.cpu_threads", "train.device", "checkpoint.", "log.", "source")
+
+
+def _flatten(table: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(table, dict):
+        return {prefix: table}
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def _warn_recipe_changes(stored: str | None, recipe: Recipe) -> None:
+    """Log the recipe keys that differ from the checkpoint's, since they change what the run draws."""
+    if not stored:
+        return
+    before, after = _flatten(json.loads(stored)), _flatten(recipe.to_dict())
+    changed = sorted(
+        key for key in set(before) | set(after)
+        if before.get(key) != after.get(key) and not key.startswith(_RESUMABLE_CHANGES)
+    )
+    if changed:
+        logger.warning(
+            "resuming with recipe keys that differ from the checkpoint's (%s): the run will not match an "
+            "uninterrupted one", ", ".join(changed),
+        )
+
+
 def _metadata(recipe: Recipe, data: PretrainData, state: TrainState, last_loss: float | None) -> dict[str, str]:
     training = {
         "recipe": recipe.name,
@@ -241,7 +270,8 @@ def _run(
     state = TrainState(world_size=context.world_size)
     if resume:
         source = recipe.checkpoint.dir if resume is True else Path(resume)
-        state, _ = load_checkpoint(source, model, optimizer, config)
+        state, metadata = load_checkpoint(source, model, optimizer, config)
+        _warn_recipe_changes(metadata.get("recipe"), recipe)
         if state.world_size != context.world_size:
             logger.warning(
                 "the checkpoint was written by %d ranks and this run has %d: the ranks now split the shards "
