@@ -137,7 +137,7 @@ def _date_files(entry: Path | list[Path]) -> list[Path]:
 
 @dataclass
 class BandSource:
-    """Where one band of one date is read: a dataset and a 1-based band index."""
+    """Source of one band of one date: an open dataset and a 1-based band index."""
 
     dataset: Any
     index: int
@@ -255,7 +255,7 @@ class SceneReader:
             if match is None:
                 held = ", ".join(file_name or "?" for file_name, _ in found)
                 raise InputError(
-                    f"{self._where(modality, date_index)}: no file holds band {name!r} (the files hold {held}); "
+                    f"{self._where(modality, date_index)}: no file contains band {name!r} (the files contain {held}); "
                     f"set file_bands to name the bands of the files in order"
                 )
             sources.append(match)
@@ -331,7 +331,7 @@ class SceneReader:
         return RioResampling[choice]
 
     def _vrt(self, dataset: Any, modality: str, gsd: float, categorical: bool = False) -> Any:
-        """A warped view of ``dataset`` on the scene grid at ``gsd``, float32 with NaN for nodata."""
+        """Return a warped view of ``dataset`` on the scene grid at ``gsd`` (float32 with NaN for nodata, except for categorical layers)."""
         key = (id(dataset), f"{gsd:.9g}", "categorical" if categorical else modality)
         if key not in self._vrts:
             assert self.grid is not None
@@ -388,13 +388,17 @@ class SceneReader:
 
     def _scale(self, modality: str) -> float:
         spec = self.spec.modalities[modality]
+        if spec.scale is not None:
+            return float(spec.scale)
         sensor = self.spec.sensor(modality)
-        return float(spec.scale if spec.scale is not None else (sensor.scale if sensor else 1.0))
+        return float(sensor.scale) if sensor else 1.0
 
     def _offset(self, modality: str) -> float:
         spec = self.spec.modalities[modality]
+        if spec.offset is not None:
+            return float(spec.offset)
         sensor = self.spec.sensor(modality)
-        return float(spec.offset if spec.offset is not None else (sensor.offset if sensor else 0.0))
+        return float(sensor.offset) if sensor else 0.0
 
     def _read_mask(self, modality: str, date_index: int, gsd: float, window: Window) -> np.ndarray:
         """Return True where the quality layer of one date marks a pixel invalid."""

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_output(folder: Path, overwrite: bool) -> None:
-    """Check that ``folder`` may be written, raising :class:`OutputError` if it holds other data."""
+    """Check that ``folder`` may be written, raising :class:`OutputError` if it contains other data."""
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"output {str(folder)!r} is a file; give a folder for the chip dataset")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
@@ -41,9 +41,10 @@ def prepare_output(folder: Path, overwrite: bool) -> None:
 class ChipWriter:
     """Collect chips into shards inside a temporary folder, then move it into place.
 
-    The shards and the manifest are written into a hidden folder next to the output, which
-    replaces the output only once everything is written, so an interrupted run leaves no
-    half-written dataset behind (only the hidden folder, removed on the next error-free exit).
+    The shards and the manifest are written into a hidden ``.NAME.*.partial`` folder next
+    to the output, which replaces the output only once everything is written. An
+    interrupted run therefore never leaves a half-written dataset. An exception removes the
+    hidden folder, but a killed process leaves it behind, to be deleted by hand.
 
     Args:
         folder: the output dataset folder.
