@@ -130,6 +130,11 @@ class PretrainData:
             check_dataset(dataset_recipe, dataset.manifest, recipe.mae.normalization)
             self.datasets[name] = dataset
             logger.info("dataset %s: %d chips in %d shards at %s", name, len(dataset), len(dataset.manifest.shards), dataset.folder)
+            if len(dataset) // world_size < dataset_recipe.batch_size:
+                logger.warning(
+                    "dataset %s: each rank has about %d chips, fewer than the batch size %d, so batches repeat chips",
+                    name, len(dataset) // world_size, dataset_recipe.batch_size,
+                )
         self.consumed = {name: int((consumed or {}).get(name, 0)) for name in self.datasets}
         self._streams: dict[str, Iterator[Chip]] = {}
 
