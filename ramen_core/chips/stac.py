@@ -1,9 +1,9 @@
 """Chip datasets from a STAC search: aligned cubes from :mod:`ramen_core.cube`, cut into chips.
 
 :func:`load_cubes` puts every sensor on its own native grid with the same bounds and
-top-left corner, which is exactly the alignment a chip dataset needs: a chip of ``size``
-pixels of the first sensor covers ``size × GSD`` metres, and every other sensor's chip is
-the same footprint at its own GSD. Each sensor becomes one modality, its time slices the
+top-left corner, which is the alignment a chip dataset needs. A chip of ``size`` pixels
+of the first sensor covers ``size × GSD`` metres, and every other sensor's chip is the
+same footprint at its own GSD. Each sensor becomes one modality, its time slices the
 chip's dates, and its ``valid`` mask (nodata and quality layer) the chip's validity.
 """
 
@@ -58,7 +58,7 @@ def chips_from_cubes(
 ) -> Manifest:
     """Cut aligned cubes into chips and write them as a chip dataset.
 
-    The cubes are read one row of chips at a time, so memory holds ``size`` rows of each
+    The cubes are read one row of chips at a time, so memory contains ``size`` rows of each
     cube, whether the cubes are computed or still Dask-backed.
 
     Args:

@@ -12,9 +12,10 @@ only after both files are in place, so an interrupted save never damages the las
 checkpoint. The state file holds only tensors and plain values and is read with
 ``torch.load(weights_only=True)``.
 
-The state contains no random generator state: every random draw of a run is seeded from
-the recipe's seed and a counter (see :mod:`ramen_core.training.sampling`), so the step
-counters are all a resumed run needs to draw the same batches, subsets, GSDs and masks.
+The state contains no random generator state, because every random draw of a run is
+seeded from the recipe's seed and a counter (see :mod:`ramen_core.training.sampling`).
+The step counters are all a resumed run needs to draw the same batches, subsets, GSDs
+and masks.
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def pretrain(
         resume: True continues from the newest checkpoint in ``checkpoint.dir``; a path
             continues from that checkpoint folder or weights file. The resumed run draws
             the same batches, subsets, GSDs and masks as an uninterrupted one.
-        overwrite: start afresh even if ``checkpoint.dir`` already holds a run.
+        overwrite: start afresh even if ``checkpoint.dir`` already contains a run.
         progress: show a progress bar (on rank 0).
         keep_history: return every micro-batch's draws and chip ids in the result.
 

@@ -7,7 +7,7 @@ overrides (the ``--set`` options of ``ramen pretrain``) and validates every valu
 unknown key or a value of the wrong type is a :class:`~ramen_core.errors.ConfigError`
 that names the key by its dotted path.
 
-Relative dataset paths in a recipe file are relative to the folder of that file; the output
+Relative dataset paths in a recipe file are relative to the folder of that file. The output
 folders (``checkpoint.dir``, ``log.dir``) and every path given in an override are relative
 to the working directory.
 """
@@ -161,7 +161,7 @@ class ScheduleRecipe:
         epochs: length of the schedule; the learning rate reaches ``min_lr`` at its end.
         warmup_epochs: epochs of linear warm-up from ``warmup_start_lr`` to ``lr``.
         steps_per_epoch: optimizer steps per epoch; 0 derives it from the dataset sizes
-            (every rank sees each chip about once per epoch).
+            (every rank reads each of its chips about once per epoch).
         interval: ``step`` updates the learning rate after every optimizer step, ``epoch``
             only at epoch boundaries (as the authors' Lightning scheduler does).
     """
@@ -342,6 +342,7 @@ def _check_recipe(recipe: Recipe) -> None:
         raise ConfigError("recipe has no dataset; add a [datasets.NAME] table")
     if not 0.0 <= recipe.mae.mask_ratio < 1.0:
         raise ConfigError(f"recipe key 'mae.mask_ratio': must be in [0, 1), got {recipe.mae.mask_ratio}")
+
     optim = recipe.optim
     for key in ("lr", "warmup_start_lr", "min_lr", "weight_decay", "eps", "grad_clip"):
         if getattr(optim, key) < 0:
@@ -352,6 +353,7 @@ def _check_recipe(recipe: Recipe) -> None:
         raise ConfigError(f"recipe key 'optim.betas': expected two numbers in [0, 1), got {optim.betas}")
     if optim.grad_accumulation < 1:
         raise ConfigError(f"recipe key 'optim.grad_accumulation': must be at least 1, got {optim.grad_accumulation}")
+
     schedule = recipe.schedule
     if schedule.epochs < 1:
         raise ConfigError(f"recipe key 'schedule.epochs': must be at least 1, got {schedule.epochs}")
@@ -366,6 +368,7 @@ def _check_recipe(recipe: Recipe) -> None:
                        ("checkpoint.every_epochs", recipe.checkpoint.every_epochs)):
         if value < 0:
             raise ConfigError(f"recipe key {key!r}: must not be negative, got {value}")
+
     if recipe.checkpoint.keep < 1:
         raise ConfigError(f"recipe key 'checkpoint.keep': must be at least 1, got {recipe.checkpoint.keep}")
     if recipe.train.log_every < 1:
