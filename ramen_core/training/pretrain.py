@@ -10,6 +10,10 @@ gradient clipping, gradient accumulation and bfloat16 autocast on CUDA.
 
 Run it with :func:`pretrain` or ``ramen pretrain --recipe FILE``; under ``torchrun`` every
 process joins the process group and trains with DistributedDataParallel.
+
+NOTE: the loss also counts invalid pixels (nodata, clouds), which are 0 after
+normalisation, because :class:`RamenMAE` takes no pixel mask. Chips are kept only above
+the spec's ``min_valid`` share, which bounds how much they weigh.
 """
 
 from __future__ import annotations
