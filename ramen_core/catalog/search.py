@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 import pystac
 from shapely.geometry.base import BaseGeometry
 
+from ramen_core._atomic import atomic_path
 from ramen_core.catalog.items import (
     item_belongs_to,
     item_cloud_cover,
@@ -25,7 +24,7 @@ from ramen_core.catalog.items import (
 from ramen_core.catalog.local import is_local_catalog, read_local_items
 from ramen_core.catalog.query import SearchQuery, build_query
 from ramen_core.catalog.stac_api import open_client, search_sensor
-from ramen_core.errors import EmptyResultError, InputError, OutputError
+from ramen_core.errors import EmptyResultError, InputError
 from ramen_core.sensors import Catalog, Sensor, get_catalog, parse_sensor_list
 
 logger = logging.getLogger(__name__)
@@ -90,15 +89,8 @@ class SearchResult:
             OutputError: the file cannot be written.
         """
         path = Path(path)
-        directory = path.parent if str(path.parent) else Path(".")
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(self.to_dict(), stream, indent=1)
-            os.replace(temporary, path)
-        except OSError as error:
-            raise OutputError(f"cannot write search results to {str(path)!r}: {error}") from None
+        with atomic_path(path, what="search results") as temporary:
+            temporary.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
         logger.info("wrote %d items to %s", len(self), path)
         return path
 

@@ -28,15 +28,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ramen_core._atomic import atomic_path
 from ramen_core.bands import BandSpec
-from ramen_core.errors import InputError, OutputError
+from ramen_core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -267,32 +266,10 @@ class Manifest:
         return dataclasses.replace(self, stats=stats)
 
 
-def default_mode(directory: bool = False) -> int:
-    """Return the permission bits a new file (or folder) gets under the process umask.
-
-    ``tempfile`` creates files with mode 0600 and folders with 0700; outputs renamed from
-    them get these bits instead, like files written with ``open``.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise OutputError(f"cannot write {str(path)!r}: {error}") from error
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=1)
-            stream.write("\n")
-        os.chmod(temporary, default_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def read_manifest(folder: str | Path) -> Manifest:

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ramen_core._atomic import default_mode
 from ramen_core.chips.format import (
     SHARD_PATTERN,
-    default_mode,
     LabelInfo,
     Manifest,
     ModalityInfo,

@@ -13,7 +13,6 @@ affect valid ones. With every date valid the result equals the reference.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ramen_core.model.sincos import ltae_date_table

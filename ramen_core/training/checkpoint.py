@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ramen_core.chips.format import default_mode
+from ramen_core._atomic import atomic_path
 from ramen_core.errors import InputError, OutputError, WeightsError
 from ramen_core.model import RamenConfig
 from ramen_core.weights import load_weights, save_weights
@@ -70,30 +68,13 @@ def checkpoint_stem(step: int) -> str:
 
 
 def _atomic_torch_save(payload: Any, path: Path) -> None:
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-    except OSError as error:
-        raise OutputError(f"cannot write {str(path)!r}: {error}") from error
-    try:
+    with atomic_path(path, what="training state") as temporary:
         torch.save(payload, temporary)
-        os.chmod(temporary, default_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, default_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 def save_checkpoint(

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ramen_core.errors import OutputError
+from ramen_core._atomic import atomic_path
+
 from ramen_core.training.metrics import SegmentationScores
 
 logger = logging.getLogger(__name__)
@@ -77,15 +76,9 @@ def plot_training(
     figure.colorbar(image, ax=matrix_axes, fraction=0.046, label="share of true class")
     figure.tight_layout()
 
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
     try:
-        figure.savefig(temporary, dpi=110)
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise OutputError(f"cannot write the training plot {str(path)!r}: {error}") from error
+        with atomic_path(path, suffix=".png", what="the training plot") as temporary:
+            figure.savefig(temporary, dpi=110)
     finally:
         plt.close(figure)
     logger.info("wrote %s", path)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ramen_core._atomic import atomic_path
 from ramen_core.errors import OutputError, WeightsError
 from ramen_core.model import RamenConfig, RamenEncoder
 from ramen_core.weights.checkpoint import normalize_keys
@@ -120,22 +120,11 @@ def save_weights(
     header = build_header(config, metadata)
     tensors = _detached_cpu(state)
 
-    folder = path.parent if str(path.parent) else Path(".")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        os.close(handle)
-    except OSError as error:
+        with atomic_path(path, what="weights") as temporary:
+            save_file(tensors, temporary, metadata=header)
+    except (ValueError, RuntimeError) as error:
         raise OutputError(f"cannot write weights to {str(path)!r}: {error}") from error
-    try:
-        save_file(tensors, temporary, metadata=header)
-        os.replace(temporary, path)
-    except (OSError, ValueError, RuntimeError) as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise OutputError(f"cannot write weights to {str(path)!r}: {error}") from error
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     logger.info("saved %d tensors to %s", len(tensors), path)
     return path
 
