@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,3 +186,97 @@ def test_config_rejects_unknown_key():
 def test_config_round_trip():
     config = RamenConfig.tiny(block_norm_eps=1e-5)
     assert RamenConfig.from_json(config.to_json()) == config
+
+
+def test_grid_shape_survives_float_round_off():
+    # 0.3 / 0.1 is 2.9999999999999996 in floating point; truncation alone loses a row.
+    assert grid_shape(256, 256, 0.3, 0.1) == (768, 768)
+    assert grid_shape(10, 20, 0.7, 0.1) == (70, 140)
+
+
+def test_round_off_grid_encodes(encoder):
+    aerial = ModalityInput("rgb", torch.randn(1, 1, 3, 10, 10), [BandSpec.optical(nm) for nm in (490, 560, 665)], 0.3)
+    with torch.no_grad():
+        out = encoder([aerial], target_gsd=0.1)
+    assert out.grid == (30, 30)
+    assert out.tokens.shape == (1, 1 + 900, 64)
+
+
+@pytest.mark.parametrize(
+    "gsd",
+    [np.float32(20.0), np.float64(20.0), torch.tensor(20.0), 20],
+    ids=["numpy-float32", "numpy-float64", "tensor", "int"],
+)
+def test_numeric_gsd_types_accepted(encoder, gsd):
+    modality = _s2()
+    modality.gsd = np.float32(10.0)
+    with torch.no_grad():
+        out = encoder([modality], target_gsd=gsd)
+    assert out.grid == (6, 6)
+
+
+@pytest.mark.parametrize("target", [True, "20", None])
+def test_non_number_target_gsd_rejected(encoder, target):
+    with pytest.raises(InputError, match="target GSD must be a positive number"):
+        encoder([_s2()], target_gsd=target)
+
+
+def test_infinite_input_rejected(encoder):
+    modality = _s2()
+    modality.data[0, 0, 0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match="infinite"):
+        encoder([modality], target_gsd=10.0)
+
+
+def test_empty_batch_rejected(encoder):
+    modality = ModalityInput("s2", torch.randn(0, 1, 10, 12, 12), _s2().bands, 10.0)
+    with pytest.raises(InputError, match="at least one sample"):
+        encoder([modality], target_gsd=10.0)
+
+
+def test_zero_bands_rejected(encoder):
+    modality = ModalityInput("s2", torch.randn(1, 1, 0, 12, 12), [], 10.0)
+    with pytest.raises(InputError, match="has no bands"):
+        encoder([modality], target_gsd=10.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_other_float_dtypes_follow_model(encoder, dtype):
+    modality = _s2()
+    converted = ModalityInput("s2", modality.data.to(dtype), modality.bands, 10.0, dates=modality.dates)
+    with torch.no_grad():
+        expected = encoder([ModalityInput("s2", converted.data.float(), modality.bands, 10.0)], 20.0).tokens
+        tokens = encoder([converted], 20.0).tokens
+    assert tokens.dtype == torch.float32
+    torch.testing.assert_close(tokens, expected)
+
+
+def test_dates_and_mask_as_arrays(encoder):
+    series = _s2(dates=3)
+    as_arrays = ModalityInput(
+        series.name, series.data, series.bands, series.gsd,
+        dates=series.dates.tolist(), valid=np.ones((1, 3, 12, 12), dtype=bool),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(encoder([as_arrays], 20.0).tokens, encoder([series], 20.0).tokens)
+
+
+def test_mask_of_other_size_rejected(encoder):
+    series = _s2(dates=2)
+    masked = ModalityInput(series.name, series.data, series.bands, series.gsd, series.dates,
+                           valid=torch.ones(1, 2, 5, 5, dtype=torch.bool))
+    with pytest.raises(InputError, match=r"valid has \(5, 5\) pixels"):
+        encoder([masked], target_gsd=20.0)
+
+
+@pytest.mark.parametrize("blocks", [2, np.int64(2), torch.tensor([2]), [np.int32(2)]], ids=["int", "numpy", "tensor", "list"])
+def test_block_numbers_of_any_integer_type(encoder, blocks):
+    with torch.no_grad():
+        out = encoder([_s2()], target_gsd=20.0, blocks=blocks)
+    assert sorted(out.features) == [2]
+
+
+@pytest.mark.parametrize("blocks", [[1.5], [True], ["1"]])
+def test_non_integer_block_rejected(encoder, blocks):
+    with pytest.raises(InputError, match="does not exist"):
+        encoder([_s2()], target_gsd=20.0, blocks=blocks)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +32,11 @@ class ModalityInput:
             example with 0, and flag them in ``valid``).
         bands: one :class:`BandSpec` per channel; all bands share one kind.
         gsd: native ground sampling distance in metres per pixel.
-        dates: int tensor [B, T], day of year. Required when T > 1.
+        dates: int tensor [B, T], day of year. Required when T > 1. A nested list or a
+            NumPy array is converted.
         valid: optional bool tensor [B, T, H, W] at native resolution, or [B, T, rows, cols]
-            on the token grid; False marks a cloudy or missing observation.
+            on the token grid; False marks a cloudy or missing observation. A NumPy array
+            is converted.
     """
 
     name: str
@@ -47,10 +51,22 @@ def grid_shape(height: int, width: int, native_gsd: float, target_gsd: float) ->
     """Return the token grid (rows, cols) of a window at ``target_gsd``.
 
     The grid has floor(H·GSD_native/GSD_target) rows and floor(W·GSD_native/GSD_target)
-    columns, with the division done first as in the reference.
+    columns, with the division done first as in the reference. A product within
+    :data:`GRID_ROUNDING_TOLERANCE` below a whole number counts as that number, so float
+    round-off never drops a row: 256 px at 0.3 m give 768 tokens at 0.1 m, where plain
+    truncation (and the reference) gives 767.
     """
     ratio = float(native_gsd) / float(target_gsd)
-    return int(height * ratio), int(width * ratio)
+    return _floor_tolerant(height * ratio), _floor_tolerant(width * ratio)
+
+
+# Token counts are at most about 1e5 per side, where float64 round-off is below 1e-10, and
+# a genuine fraction this close to the next whole token does not occur in practice.
+GRID_ROUNDING_TOLERANCE = 1e-6
+
+
+def _floor_tolerant(value: float) -> int:
+    return math.floor(value + GRID_ROUNDING_TOLERANCE)
 
 
 @dataclass
@@ -95,7 +111,29 @@ class EncoderOutput:
         return self._block(block)[:, 0]
 
 
-def _check_modality(modality: ModalityInput) -> None:
+def _as_gsd(value: object, what: str) -> float:
+    """Return a GSD as a float, accepting Python, NumPy and 0-d tensor numbers, or raise."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+        value = value.item()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        gsd = float(value)
+        if math.isfinite(gsd) and gsd > 0:
+            return gsd
+    raise InputError(f"{what} must be a positive number of metres, got {value!r}")
+
+
+def _as_tensor(value: object, name: str, what: str) -> Tensor:
+    """Convert a nested list or NumPy array to a tensor, or raise a message naming ``what``."""
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise InputError(f"modality {name!r}: {what} must be a tensor, got {type(value).__name__} ({error})") from None
+
+
+def _check_modality(modality: ModalityInput) -> ModalityInput:
+    """Validate one modality and return it with its GSD as a float and dates and mask as tensors."""
     data = modality.data
     if not isinstance(data, Tensor):
         raise InputError(f"modality {modality.name!r}: data must be a torch.Tensor, got {type(data).__name__}")
@@ -106,30 +144,67 @@ def _check_modality(modality: ModalityInput) -> None:
         )
     if not data.is_floating_point():
         raise InputError(f"modality {modality.name!r}: data must be floating point, got {data.dtype}")
+
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise InputError(
+            f"modality {modality.name!r}: the tensor [B, T, C, H, W] has shape {tuple(data.shape)}; "
+            f"give at least one sample and one date"
+        )
     if len(modality.bands) != data.shape[2]:
         raise InputError(
             f"modality {modality.name!r}: {len(modality.bands)} bands described but the tensor has "
             f"{data.shape[2]} channels (axis 2 of [B, T, C, H, W]); give one BandSpec per channel"
         )
-    if not (isinstance(modality.gsd, (int, float)) and math.isfinite(modality.gsd) and modality.gsd > 0):
-        raise InputError(f"modality {modality.name!r}: native GSD must be a positive number of metres, got {modality.gsd!r}")
-    b, t = data.shape[:2]
-    if modality.dates is not None and tuple(modality.dates.shape) != (b, t):
+    gsd = _as_gsd(modality.gsd, f"modality {modality.name!r}: native GSD")
+
+    b, t, _, h, w = data.shape
+    dates = None if modality.dates is None else _as_tensor(modality.dates, modality.name, "dates")
+    if dates is not None and tuple(dates.shape) != (b, t):
         raise InputError(
-            f"modality {modality.name!r}: dates must have shape [B, T] = {(b, t)}, got {tuple(modality.dates.shape)}"
+            f"modality {modality.name!r}: dates must have shape [B, T] = {(b, t)}, got {tuple(dates.shape)}"
         )
-    if modality.dates is None and t > 1:
+    if dates is None and t > 1:
         raise InputError(f"modality {modality.name!r}: {t} dates need a dates tensor [B, T] of days of year")
-    if modality.valid is not None and (modality.valid.ndim != 4 or tuple(modality.valid.shape[:2]) != (b, t)):
+
+    valid = None if modality.valid is None else _as_tensor(modality.valid, modality.name, "valid")
+    if valid is not None and (valid.ndim != 4 or tuple(valid.shape[:2]) != (b, t)):
         raise InputError(
-            f"modality {modality.name!r}: valid must have shape [B, T, H, W] = {(b, t)} + (H, W), "
-            f"got {tuple(modality.valid.shape)}"
+            f"modality {modality.name!r}: valid must have shape [B, T, H, W] = {(b, t, h, w)}, "
+            f"got {tuple(valid.shape)}"
         )
-    if torch.isnan(data).any():
+
+    if not torch.isfinite(data).all():
         raise InputError(
-            f"modality {modality.name!r}: data contains NaN; fill invalid pixels (for example with 0) "
-            f"and mark them in `valid`"
+            f"modality {modality.name!r}: data contains NaN or infinite values; fill invalid pixels "
+            f"(for example with 0) and mark them in `valid`"
         )
+    return replace(modality, gsd=gsd, dates=dates, valid=valid)
+
+
+def check_modalities(modalities: Sequence[ModalityInput]) -> list[ModalityInput]:
+    """Validate the modalities of one batch, as the encoder does before encoding them.
+
+    Returns copies whose GSD is a float and whose dates and validity masks are tensors.
+
+    Raises:
+        InputError: no modality, repeated names, a tensor of the wrong rank, shape or
+            values, band metadata that does not match the channels, an invalid GSD, or
+            batch sizes that differ between modalities.
+    """
+    if not modalities:
+        raise InputError("no modality given; pass at least one ModalityInput")
+    names = [m.name for m in modalities]
+    if len(set(names)) != len(names):
+        raise InputError(f"modality names must be unique, got {names}")
+    checked = [_check_modality(modality) for modality in modalities]
+    batch = checked[0].data.shape[0]
+    for modality in checked[1:]:
+        if modality.data.shape[0] != batch:
+            raise InputError(
+                f"modality {modality.name!r} has batch size {modality.data.shape[0]}, "
+                f"but {checked[0].name!r} has {batch}"
+            )
+    return checked
 
 
 def _valid_on_grid(modality: ModalityInput, grid: tuple[int, int]) -> Tensor | None:
@@ -140,9 +215,33 @@ def _valid_on_grid(modality: ModalityInput, grid: tuple[int, int]) -> Tensor | N
     valid = valid.to(torch.bool)
     if tuple(valid.shape[-2:]) == tuple(grid):
         return valid
+    if tuple(valid.shape[-2:]) != tuple(modality.data.shape[-2:]):
+        raise InputError(
+            f"modality {modality.name!r}: valid has {tuple(valid.shape[-2:])} pixels, but the data has "
+            f"{tuple(modality.data.shape[-2:])} and the token grid {tuple(grid)}; give the mask at the "
+            f"native resolution [B, T, H, W] or on the token grid [B, T, rows, cols]"
+        )
     b, t, h, w = valid.shape
     fraction = F.interpolate(valid.reshape(b * t, 1, h, w).float(), size=grid, mode="area")
     return (fraction >= 0.5).reshape(b, t, *grid)
+
+
+def _block_numbers(blocks: int | Iterable[int], depth: int) -> list[int]:
+    """Read one block number or several (Python, NumPy or tensor integers), each 1 to depth."""
+    if isinstance(blocks, Tensor):
+        blocks = blocks.reshape(-1).tolist()
+    elif isinstance(blocks, numbers.Integral) and not isinstance(blocks, bool):
+        blocks = [blocks]
+    numbers_read = []
+    for block in blocks:
+        try:
+            number = operator.index(block) if not isinstance(block, bool) else None
+        except TypeError:
+            number = None
+        if number is None or not 1 <= number <= depth:
+            raise InputError(f"block {block!r} does not exist; blocks are numbered 1 to {depth}")
+        numbers_read.append(number)
+    return numbers_read
 
 
 class RamenEncoder(nn.Module):
@@ -184,9 +283,12 @@ class RamenEncoder(nn.Module):
     def _project_and_resample(self, modality: ModalityInput, target_gsd: float, grid: tuple[int, int]) -> Tensor:
         """Channel projection, GSD resampling and the final resize: [B·T, D, rows, cols]."""
         b, t, c, h, w = modality.data.shape
-        matrix = channel_matrix(self, modality.name, modality.bands).to(modality.data.dtype)  # [C, D]
+        # Inputs are cast to the model's dtype (float32 unless the model was cast), so float64
+        # and float16 inputs work. Under autocast the matrix products still run in reduced precision.
+        dtype = self.cls_token.dtype
+        matrix = channel_matrix(self, modality.name, modality.bands).to(dtype)  # [C, D]
         scale = float(modality.gsd) / float(target_gsd)
-        pixels = modality.data.reshape(b * t, c, h, w)
+        pixels = modality.data.to(dtype).reshape(b * t, c, h, w)
 
         # Projection and bilinear interpolation are both linear and commute (bilinear weights
         # sum to 1 and the projection has no bias), so the projection can run on the smaller grid.
@@ -223,22 +325,8 @@ class RamenEncoder(nn.Module):
     # ------------------------------------------------------------------ token assembly
     def prepare_tokens(self, modalities: Sequence[ModalityInput], target_gsd: float) -> tuple[Tensor, tuple[int, int], Tensor]:
         """Return tokens with position encoding [B, M·N, D] (no CLS), the grid and validity."""
-        if not (isinstance(target_gsd, (int, float)) and math.isfinite(target_gsd) and target_gsd > 0):
-            raise InputError(f"target GSD must be a positive number of metres, got {target_gsd!r}")
-        if not modalities:
-            raise InputError("no modality given; pass at least one ModalityInput")
-        names = [m.name for m in modalities]
-        if len(set(names)) != len(names):
-            raise InputError(f"modality names must be unique, got {names}")
-        for modality in modalities:
-            _check_modality(modality)
-        batch = modalities[0].data.shape[0]
-        for modality in modalities[1:]:
-            if modality.data.shape[0] != batch:
-                raise InputError(
-                    f"modality {modality.name!r} has batch size {modality.data.shape[0]}, "
-                    f"but {modalities[0].name!r} has {batch}"
-                )
+        target_gsd = _as_gsd(target_gsd, "target GSD")
+        modalities = check_modalities(modalities)
 
         first = modalities[0]
         grid = grid_shape(first.data.shape[-2], first.data.shape[-1], first.gsd, target_gsd)
@@ -259,18 +347,15 @@ class RamenEncoder(nn.Module):
         tokens = tokens + table.to(tokens.dtype).repeat(len(modalities), 1)[None]
         return tokens, grid, torch.stack(valids, dim=1)
 
-    def run_blocks(self, tokens: Tensor, blocks: Iterable[int] | None = None) -> dict[int, Tensor]:
+    def run_blocks(self, tokens: Tensor, blocks: int | Iterable[int] | None = None) -> dict[int, Tensor]:
         """Prepend CLS, run the transformer and return the requested blocks' tokens.
 
         Blocks are numbered from 1 to depth. Only the blocks up to the deepest requested one run.
         """
         depth = self.config.depth
-        wanted = sorted(set(blocks)) if blocks is not None else [depth]
+        wanted = sorted(set(_block_numbers(blocks, depth))) if blocks is not None else [depth]
         if not wanted:
             raise InputError("request at least one block")
-        for block in wanted:
-            if not (isinstance(block, int) and 1 <= block <= depth):
-                raise InputError(f"block {block!r} does not exist; blocks are numbered 1 to {depth}")
         # The CLS row of the position table is zero, so the CLS token enters unchanged.
         x = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
         features: dict[int, Tensor] = {}
@@ -284,7 +369,7 @@ class RamenEncoder(nn.Module):
         self,
         modalities: Sequence[ModalityInput],
         target_gsd: float,
-        blocks: Iterable[int] | None = None,
+        blocks: int | Iterable[int] | None = None,
     ) -> EncoderOutput:
         """Encode modalities at ``target_gsd`` metres and return the requested blocks.
 
@@ -292,7 +377,7 @@ class RamenEncoder(nn.Module):
             modalities: aligned modalities; the first one defines the token grid, anchored at
                 its top-left corner.
             target_gsd: output GSD in metres.
-            blocks: block numbers (1 to depth) to return; default: the last block.
+            blocks: block number or numbers (1 to depth) to return; default: the last block.
         """
         tokens, grid, valid = self.prepare_tokens(modalities, target_gsd)
         features = self.run_blocks(tokens, blocks)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ramen_core.errors import InputError
 from ramen_core.model.config import RamenConfig
-from ramen_core.model.encoder import ModalityInput, RamenEncoder
+from ramen_core.model.encoder import ModalityInput, RamenEncoder, check_modalities
 from ramen_core.model.projectors import build_projectors, channel_matrix
 from ramen_core.model.resampler import ScaleResampler, resize_to
 from ramen_core.model.sincos import position_table_2d, sincos_1d
@@ -192,6 +192,7 @@ class RamenMAE(nn.Module):
             mask_ratio: share of tokens removed before the encoder.
             noise: optional [B, M·rows·cols] masking noise (for reproducible masks).
         """
+        modalities = check_modalities(modalities)
         tokens, grid, _ = self.encoder.prepare_tokens(modalities, target_gsd)
         visible, masking = random_masking(tokens, mask_ratio, noise)
         depth = self.config.depth

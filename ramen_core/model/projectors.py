@@ -74,6 +74,8 @@ class ElevationProjector(nn.Module):
 def modality_kind(name: str, bands: Sequence[BandSpec]) -> str:
     """Return the single kind shared by all bands of a modality, or raise."""
     kinds = {band.kind for band in bands}
+    if not kinds:
+        raise InputError(f"modality {name!r} has no bands; give at least one channel")
     if len(kinds) != 1:
         raise InputError(
             f"modality {name!r} mixes band kinds {sorted(kinds)}; split it into one modality per kind"
