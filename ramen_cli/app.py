@@ -73,5 +73,7 @@ def main() -> None:
     try:
         app()
     except RamenError as error:
-        err_console.print(f"[bold red]Error:[/] {error}", highlight=False)
+        from ramen_cli.common import print_error
+
+        print_error(error)
         sys.exit(1)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ramen_cli.app import app
@@ -81,10 +82,11 @@ def sensors_command(
     sensor = get_sensor(name)
     console.print(_bands_table(sensor))
     encoding = f"dtype {sensor.dtype}, nodata {sensor.nodata}, scale {sensor.scale:g}, offset {sensor.offset:g}"
-    console.print(f"Stored values: {encoding}; units after scaling: {sensor.units or '-'}", highlight=False)
+    console.print(f"Stored values: {encoding}; units after scaling: {escape(sensor.units or '-')}", highlight=False)
     if sensor.mask is not None:
         console.print(
             f"Mask: {sensor.mask.name} ({sensor.mask.kind}), invalid {list(sensor.mask.invalid)}", highlight=False
         )
-    console.print(f"Statistics: {sensor.stats_source or 'none given'}", highlight=False)
-    console.print(f"Defined in: {sensor.source}", highlight=False)
+    # Text from user files is escaped, so that square brackets in it are not read as markup.
+    console.print(f"Statistics: {escape(sensor.stats_source or 'none given')}", highlight=False)
+    console.print(f"Defined in: {escape(sensor.source)}", highlight=False)

@@ -404,6 +404,51 @@ def test_user_sensor_file_invalid(tmp_path, text, message):
         load_sensor_file(path)
 
 
+_ONE_BAND = '[[bands]]\nname = "a"\nwavelength_nm = 665\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('id = "x"\ngsd = 10\n[bands]\nname = "a"\nwavelength_nm = 665\n', "array of tables"),
+        ('id = "x"\ngsd = 10\nbands = ["a"]\n', "array of tables"),
+        ('id = "x"\ngsd = 10\n' + _ONE_BAND + '[mask]\nkind = "classes"\n', r"\[mask\] must be a table with a name"),
+        ('id = "x"\ngsd = 10\n' + _ONE_BAND + '[mask]\nname = "q"\ninvalid = ["cloud"]\n', "list of integer"),
+        ('id = "x"\ngsd = 10\ncatalogs = "earth-search"\n' + _ONE_BAND, "catalogs must map"),
+        ('id = "x"\ngsd = 10\ncatalogs = {earth-search = "x"}\n' + _ONE_BAND, "catalogs.earth-search"),
+        ('id = "x"\ngsd = 10\ncollections = "x"\n' + _ONE_BAND, "collections must be a list"),
+        ('id = "x"\ngsd = inf\n' + _ONE_BAND, "positive number of metres"),
+        ('id = "x"\ngsd = 10\n[[bands]]\nname = "a"\nwavelength_nm = 665\ngsd = nan\n', "positive number of metres"),
+        ('id = "x"\ngsd = 10\n' + _ONE_BAND + '[[bands]]\nname = "A"\nwavelength_nm = 842\n', "the same name"),
+        ('id = "x"\ngsd = 10\n[[bands]]\nname = "B1"\nwavelength_nm = 443\n[[bands]]\nname = "B01"\nwavelength_nm = 490\n', "the same name"),
+        ('id = "x"\ngsd = 10\nradiometry = "sentinel2"\n' + _ONE_BAND, "unknown radiometry"),
+        ('id = "x"\ngsd = 10\ndefault_catalog = "earth_search"\n' + _ONE_BAND, "unknown default_catalog"),
+        ('id = "x"\ngsd = 10\ndefault_bands = ["b"]\n' + _ONE_BAND, "has no band 'b'"),
+    ],
+    ids=[
+        "bands-table", "bands-strings", "mask-no-name", "mask-text-classes", "catalogs-string",
+        "catalogs-flat", "collections-string", "gsd-inf", "band-gsd-nan", "repeated-name",
+        "repeated-lenient-name", "radiometry", "default-catalog", "default-band",
+    ],
+)
+def test_user_sensor_file_structure_invalid(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_sensor_file(path)
+
+
+def test_user_sensor_file_unreadable(tmp_path):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_sensor_file(binary)
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_sensor_file(folder)
+
+
 def test_user_sensor_file_missing(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         get_sensor(str(tmp_path / "absent.toml"))
@@ -455,3 +500,13 @@ def test_cli_unknown_sensor():
     assert result.exit_code == 1
     assert "unknown sensor 'sentinel-9'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_invalid_sensor_file_message_intact(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('id = "x"\ngsd = 10\n[bands]\nname = "a"\nwavelength_nm = 665\n')
+    result = _invoke(str(path))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), result.exception
+    # The message names the TOML syntax in square brackets, which must not be read as markup.
+    assert "one [[bands]] entry per band" in " ".join(result.output.split())

@@ -10,6 +10,7 @@ without touching code.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -418,7 +419,7 @@ def _band_from_table(table: Mapping[str, Any], where: str) -> Band:
             wavelength_nm=None if "wavelength_nm" not in table else _as_float(table["wavelength_nm"], f"{where}: band {name!r} wavelength_nm"),
             polarisation=None if "polarisation" not in table else str(table["polarisation"]).lower(),
             elevation=None if "elevation" not in table else str(table["elevation"]).lower(),
-            gsd=None if "gsd" not in table else _as_float(table["gsd"], f"{where}: band {name!r} gsd"),
+            gsd=None if "gsd" not in table else _positive_float(table["gsd"], f"{where}: band {name!r} gsd"),
             aliases=tuple(str(alias) for alias in table.get("aliases", ())),
             mean=None if "mean" not in table else _as_float(table["mean"], f"{where}: band {name!r} mean"),
             std=None if "std" not in table else _as_float(table["std"], f"{where}: band {name!r} std"),
@@ -426,6 +427,87 @@ def _band_from_table(table: Mapping[str, Any], where: str) -> Band:
         )
     except InputError as error:
         raise ConfigError(f"{where}: {error}") from None
+
+
+# Special radiometric rules that ramen_core.sensors.radiometry implements.
+_RADIOMETRY_RULES = ("sentinel-2", "backscatter")
+
+
+def _bands_from(data: Mapping[str, Any], where: str) -> tuple[Band, ...]:
+    """Read the ``[[bands]]`` array and check that band names are unique."""
+    tables = data["bands"]
+    if not isinstance(tables, list):
+        raise ConfigError(f"{where}: bands must be an array of tables, one [[bands]] entry per band, got a {type(tables).__name__}")
+    for table in tables:
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: bands must be an array of tables, one [[bands]] entry per band, got {table!r}")
+    bands = tuple(_band_from_table(table, where) for table in tables)
+    if not bands:
+        raise ConfigError(f"{where}: bands is empty; describe at least one band")
+
+    seen: dict[str, str] = {}
+    for band in bands:
+        key = normalise_band_name(band.name)
+        if key in seen:
+            raise ConfigError(
+                f"{where}: bands {seen[key]!r} and {band.name!r} have the same name (names match "
+                f"leniently, so B1 and B01 are the same); give each band its own name"
+            )
+        seen[key] = band.name
+    return bands
+
+
+def _mask_from(table: Any, where: str) -> MaskSpec:
+    """Read the ``[mask]`` table."""
+    if not isinstance(table, Mapping) or "name" not in table:
+        raise ConfigError(f"{where}: [mask] must be a table with a name, the asset key of the quality layer")
+    try:
+        invalid = tuple(int(value) for value in table.get("invalid", ()))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: mask invalid must be a list of integer class values or bit positions, "
+            f"got {table.get('invalid')!r}"
+        ) from None
+    return MaskSpec(
+        name=str(table["name"]),
+        kind=str(table.get("kind", "classes")),
+        invalid=invalid,
+        gsd=None if "gsd" not in table else _positive_float(table["gsd"], f"{where}: mask gsd"),
+    )
+
+
+def _catalogs_from(data: Mapping[str, Any], where: str) -> dict[str, dict[str, dict[str, str]]]:
+    """Read ``[catalogs.NAME.COLLECTION]`` asset tables and plain ``collections`` ids."""
+    tables = data.get("catalogs", {})
+    layout = f"{where}: catalogs must map catalog name, then collection id, to a table of band = \"asset key\""
+    if not isinstance(tables, Mapping):
+        raise ConfigError(f"{layout}, got {type(tables).__name__}")
+    catalogs: dict[str, dict[str, dict[str, str]]] = {}
+    for catalog, collections in tables.items():
+        if not isinstance(collections, Mapping) or not all(isinstance(assets, Mapping) for assets in collections.values()):
+            raise ConfigError(
+                f"{where}: catalogs.{catalog} must map each collection id to a table of band = \"asset key\", "
+                f"got {collections!r}"
+            )
+        catalogs[str(catalog)] = {
+            str(collection): {str(band): str(key) for band, key in assets.items()}
+            for collection, assets in collections.items()
+        }
+
+    # A sensor file may name plain collection ids without asset tables.
+    collections = data.get("collections", ())
+    if isinstance(collections, str) or not isinstance(collections, (list, tuple)):
+        raise ConfigError(f"{where}: collections must be a list of STAC collection ids, got {collections!r}")
+    for collection in collections:
+        catalogs.setdefault("any", {}).setdefault(str(collection), {})
+    return catalogs
+
+
+def _positive_float(value: Any, field_name: str) -> float:
+    number = _as_float(value, field_name)
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{field_name} {value!r} must be a positive number of metres")
+    return number
 
 
 def sensor_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Sensor:
@@ -436,38 +518,31 @@ def sensor_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Sensor:
     packaged files is optional.
 
     Raises:
-        ConfigError: a key is missing or has an invalid value.
+        ConfigError: a key is missing or has an invalid value, or two bands share a name.
     """
     for key in ("id", "gsd", "bands"):
         if key not in data:
             raise ConfigError(f"sensor definition {source}: missing required key {key!r}")
     sensor_id = str(data["id"])
     where = f"sensor {sensor_id!r} ({source})"
-    bands = tuple(_band_from_table(table, where) for table in data["bands"])
-    if not bands:
-        raise ConfigError(f"{where}: bands is empty; describe at least one band")
+    bands = _bands_from(data, where)
+    mask = None if "mask" not in data else _mask_from(data["mask"], where)
+    catalogs = _catalogs_from(data, where)
+    gsd = _positive_float(data["gsd"], f"{where}: gsd")
 
-    mask = None
-    if "mask" in data:
-        table = data["mask"]
-        mask = MaskSpec(
-            name=str(table["name"]),
-            kind=str(table.get("kind", "classes")),
-            invalid=tuple(int(value) for value in table.get("invalid", ())),
-            gsd=None if "gsd" not in table else float(table["gsd"]),
+    radiometry = data.get("radiometry")
+    if radiometry is not None and radiometry not in _RADIOMETRY_RULES:
+        raise ConfigError(
+            f"{where}: unknown radiometry {radiometry!r}; use {' or '.join(_RADIOMETRY_RULES)}, or leave it out"
+        )
+    default_catalog = data.get("default_catalog")
+    if default_catalog is not None and str(default_catalog).lower() not in _packaged_catalogs() \
+            and not re.match(r"^https?://", str(default_catalog)):
+        raise ConfigError(
+            f"{where}: unknown default_catalog {default_catalog!r}; use one of "
+            f"{', '.join(_packaged_catalogs())} or a STAC API URL"
         )
 
-    catalogs = {
-        str(catalog): {str(collection): dict(assets) for collection, assets in tables.items()}
-        for catalog, tables in dict(data.get("catalogs", {})).items()
-    }
-    # A sensor file may name plain collection ids without asset tables.
-    for collection in data.get("collections", ()):
-        catalogs.setdefault("any", {}).setdefault(str(collection), {})
-
-    gsd = _as_float(data["gsd"], f"{where}: gsd")
-    if not gsd > 0:
-        raise ConfigError(f"{where}: gsd {gsd} must be a positive number of metres")
     sensor = Sensor(
         id=sensor_id,
         title=str(data.get("title", sensor_id)),
@@ -478,8 +553,8 @@ def sensor_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Sensor:
         scale=_as_float(data.get("scale", 1.0), f"{where}: scale"),
         offset=_as_float(data.get("offset", 0.0), f"{where}: offset"),
         units=str(data.get("units", "")),
-        radiometry=data.get("radiometry"),
-        default_catalog=data.get("default_catalog"),
+        radiometry=radiometry,
+        default_catalog=default_catalog,
         default_bands=tuple(str(name) for name in data.get("default_bands", ())),
         catalogs=catalogs,
         mask=mask,
@@ -488,11 +563,14 @@ def sensor_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Sensor:
         aliases=tuple(str(alias) for alias in data.get("aliases", ())),
         source=source,
     )
-    for name in sensor.default_bands:
-        sensor.band(name)
-    for band in sensor.bands:
-        if band.derived_from is not None:
-            sensor.band(band.derived_from)
+    try:
+        for name in sensor.default_bands:
+            sensor.band(name)
+        for band in sensor.bands:
+            if band.derived_from is not None:
+                sensor.band(band.derived_from)
+    except InputError as error:
+        raise ConfigError(f"{where}: {error}") from None
     return sensor
 
 
@@ -518,8 +596,10 @@ def load_sensor_file(path: str | Path) -> Sensor:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"sensor file {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"sensor file {str(path)!r} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"sensor file {str(path)!r} cannot be read: {error.strerror or error}") from None
     return sensor_from_dict(data, source=str(path))
 
 
