@@ -193,6 +193,78 @@ def test_local_file_not_stac(tmp_path):
         read_local_items(path)
 
 
+_ITEM = {"type": "Feature", "stac_version": "1.0.0", "id": "x", "links": [], "assets": {}, "collection": "sentinel-2-l2a"}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"type": "Feature", "id": "x"}, "item 'x' is not a valid STAC item"),
+        ({**_ITEM, "geometry": None, "bbox": [15, 46, 16, 47], "properties": {"datetime": None}}, "start_datetime"),
+        ({"type": "Catalog", "id": "c", "stac_version": "1.0.0", "links": []}, "missing field 'description'"),
+        (
+            {"type": "Catalog", "id": "c", "description": "d", "stac_version": "1.0.0",
+             "links": [{"rel": "item", "href": "./missing.json"}]},
+            "does not resolve",
+        ),
+    ],
+    ids=["item-without-fields", "item-without-datetime", "catalog-without-description", "catalog-broken-link"],
+)
+def test_local_invalid_stac_named(tmp_path, document, message):
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(InputError, match=message):
+        read_local_items(path)
+
+
+def test_local_folder_skips_folders_named_json(tmp_path):
+    (tmp_path / "not-a-file.json").mkdir()
+    item = read_item_dicts(SERIES_35MNM)[0]
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    assert [found.id for found in read_local_items(tmp_path)] == [item["id"]]
+
+
+def test_local_unreadable_ndjson(tmp_path):
+    path = tmp_path / "items.ndjson"
+    path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_local_items(path)
+
+
+@pytest.mark.parametrize("catalog", ["./no-such-items.json", "no-such-items.json", "/no/such/folder"])
+def test_search_missing_local_path_named(catalog):
+    with pytest.raises(InputError, match=f"local catalog '{catalog}' not found"):
+        search(sensors="s2", bbox=BBOX_35MNM, catalog=catalog)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"timeout": 0}, "invalid timeout"), ({"max_retries": -1}, "invalid retries"), ({"page_size": 0}, "invalid page size")],
+)
+def test_search_rejects_bad_request_options(options, message):
+    with pytest.raises(InputError, match=message):
+        search(sensors="s2", bbox=BBOX_35MNM, catalog=str(SERIES_35MNM), **options)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"type": "Feature", "geometry": None}, "feature has no geometry"),
+        ({"type": "FeatureCollection", "features": [{"type": "Feature", "id": "f1"}]}, "feature 'f1' has no geometry"),
+        ({"type": "Polygon"}, "missing 'coordinates'"),
+        ([15.3, 46.7], "invalid GeoJSON geometry"),
+    ],
+)
+def test_geometry_invalid_named(value, message):
+    with pytest.raises(InputError, match=message):
+        parse_geometry(value)
+
+
+def test_datetime_range_with_two_slashes_rejected():
+    with pytest.raises(InputError, match="one START/END pair"):
+        parse_datetime_range("2023-08-01/2023-08-10/2023-08-20")
+
+
 def test_result_written_file_reads_back(tmp_path):
     result = search(sensors="s2", bbox=BBOX_35MNM, datetime="2020-07", catalog=str(SERIES_35MNM))
     path = result.write(tmp_path / "out" / "items.json")
@@ -372,6 +444,24 @@ def test_cli_bad_input(args, message):
     assert result.exit_code == 1
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--catalog", "./no-such-items.json"], "local catalog './no-such-items.json' not found"),
+        (["--geometry", '{"type": "Feature", "geometry": null}'], "feature has no geometry"),
+        (["--timeout", "0"], "invalid timeout"),
+    ],
+)
+def test_cli_bad_input_without_traceback(args, message):
+    area = [] if "--geometry" in args else _bbox_args(BBOX_35MNM)
+    catalog = [] if "--catalog" in args else ["--catalog", str(SERIES_35MNM)]
+    result = _invoke(*area, *args, *catalog)
+    assert result.exit_code == 1
+    # CliRunner keeps an uncaught exception in result.exception instead of printing it.
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert message in " ".join(result.output.split())
 
 
 def test_cli_empty_result(api_url):

@@ -25,6 +25,18 @@ _PARQUET_SUFFIXES = (".parquet", ".geoparquet")
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".geojsonl")
 _CATALOG_TYPES = ("Catalog", "Collection")
 
+# Errors that pystac raises for documents that miss required fields or links that do not resolve.
+# STACTypeError does not derive from STACError.
+_STAC_ERRORS = (
+    pystac.STACError,
+    pystac.STACTypeError,
+    pystac.errors.RequiredPropertyMissing,
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+)
+
 
 def is_local_catalog(value: str) -> bool:
     """Return whether ``value`` names a local file or folder (a ``file://`` URI or a path)."""
@@ -67,7 +79,9 @@ def _read_folder(folder: Path) -> Iterator[pystac.Item]:
         if (folder / name).is_file():
             yield from _read_file(folder / name)
             return
-    files = sorted(path for pattern in ("*.json", "*.geojson", "*.ndjson") for path in folder.rglob(pattern))
+    files = sorted(
+        path for pattern in ("*.json", "*.geojson", "*.ndjson") for path in folder.rglob(pattern) if path.is_file()
+    )
     if not files:
         raise InputError(f"local catalog folder {str(folder)!r} contains no catalog.json and no item JSON files")
     for path in files:
@@ -87,6 +101,8 @@ def _read_file(path: Path, skip_non_stac: bool = False) -> Iterator[pystac.Item]
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"local catalog file {str(path)!r} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise InputError(f"local catalog file {str(path)!r} cannot be read: {error.strerror or error}") from None
 
     if isinstance(data, list):
         yield from _items_from_dicts(data, path)
@@ -99,10 +115,7 @@ def _read_file(path: Path, skip_non_stac: bool = False) -> Iterator[pystac.Item]
             # Inside a folder of item files, a catalog or collection document describes
             # the items next to it; they are read as files of their own.
             return
-        catalog = pystac.read_file(str(path))
-        for item in catalog.get_items(recursive=True):  # type: ignore[union-attr]
-            item.make_asset_hrefs_absolute()
-            yield item
+        yield from _read_static_catalog(path)
     elif skip_non_stac:
         logger.debug("skipping %s: not a STAC item, item collection or catalog", path)
     else:
@@ -111,15 +124,44 @@ def _read_file(path: Path, skip_non_stac: bool = False) -> Iterator[pystac.Item]
         )
 
 
+def _read_static_catalog(path: Path) -> Iterator[pystac.Item]:
+    """Read every item that a static catalog or collection links to, recursively."""
+    try:
+        catalog = pystac.read_file(str(path))
+        items = list(catalog.get_items(recursive=True))  # type: ignore[union-attr]
+    except _STAC_ERRORS as error:
+        raise InputError(
+            f"local catalog {str(path)!r} cannot be read as a STAC catalog: {_first_line(error)}; "
+            f"check its links and required fields (id, description, links)"
+        ) from None
+    except OSError as error:
+        raise InputError(f"local catalog {str(path)!r}: a linked file cannot be read: {error}") from None
+    for item in items:
+        item.make_asset_hrefs_absolute()
+        yield item
+
+
+def _first_line(error: Exception) -> str:
+    if isinstance(error, KeyError) and error.args:
+        return f"missing field {error.args[0]!r}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{str(path)!r} line {number} is not valid JSON: {error}") from None
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise InputError(f"{str(path)!r} line {number} is not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{str(path)!r} is not UTF-8 text: {error}") from None
+    except OSError as error:
+        raise InputError(f"{str(path)!r} cannot be read: {error.strerror or error}") from None
 
 
 def _read_geoparquet(path: Path) -> list[dict[str, Any]]:
@@ -143,5 +185,7 @@ def _items_from_dicts(dicts: Any, path: Path) -> Iterator[pystac.Item]:
             raise InputError(f"{str(path)!r} contains an entry that is not a STAC item (type {type(data).__name__})")
         try:
             yield pystac.Item.from_dict(resolve_relative_hrefs(data, base), preserve_dict=False)
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"{str(path)!r}: item {data.get('id')!r} is not a valid STAC item: {error}") from None
+        except _STAC_ERRORS as error:
+            raise InputError(
+                f"{str(path)!r}: item {data.get('id')!r} is not a valid STAC item: {_first_line(error)}"
+            ) from None

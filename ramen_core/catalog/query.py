@@ -117,18 +117,7 @@ def parse_geometry(value: Mapping[str, Any] | BaseGeometry | str | Path) -> dict
                 data = json.loads(path.read_text(encoding="utf-8") if path.is_file() else text)
             except json.JSONDecodeError as error:
                 raise InputError(f"geometry {text!r} is neither a GeoJSON file nor GeoJSON text: {error}") from None
-        if isinstance(data, Mapping) and data.get("type") == "FeatureCollection":
-            shapes = [shapely.geometry.shape(feature["geometry"]) for feature in data.get("features", [])]
-            if not shapes:
-                raise InputError("geometry: the FeatureCollection has no features")
-            geometry = shapely.union_all(shapes)
-        elif isinstance(data, Mapping) and data.get("type") == "Feature":
-            geometry = shapely.geometry.shape(data["geometry"])
-        else:
-            try:
-                geometry = shapely.geometry.shape(data)
-            except (AttributeError, KeyError, TypeError, ValueError, shapely.errors.GEOSException) as error:
-                raise InputError(f"invalid GeoJSON geometry: {error}") from None
+        geometry = _shape_of_geojson(data)
     if geometry.is_empty:
         raise InputError("geometry is empty; give a polygon or point in longitude/latitude degrees")
     if not geometry.is_valid:
@@ -140,6 +129,29 @@ def parse_geometry(value: Mapping[str, Any] | BaseGeometry | str | Path) -> dict
             f"and latitude [-90, 90]; give WGS84 degrees"
         )
     return shapely.geometry.mapping(geometry)
+
+
+def _shape_of_geojson(data: Any) -> BaseGeometry:
+    """Turn a GeoJSON geometry, Feature or FeatureCollection into one shapely geometry.
+
+    Raises:
+        InputError: a feature has no geometry, or a geometry misses its type or coordinates.
+    """
+    if isinstance(data, Mapping) and data.get("type") == "FeatureCollection":
+        features = data.get("features") or []
+        if not isinstance(features, list) or not features:
+            raise InputError("geometry: the FeatureCollection has no features")
+        return shapely.union_all([_shape_of_geojson(feature) for feature in features])
+    if isinstance(data, Mapping) and data.get("type") == "Feature":
+        if not isinstance(data.get("geometry"), Mapping):
+            name = f" {data['id']!r}" if data.get("id") else ""
+            raise InputError(f"geometry: feature{name} has no geometry; give a Polygon or Point in degrees")
+        data = data["geometry"]
+    try:
+        return shapely.geometry.shape(data)
+    except (AttributeError, KeyError, TypeError, ValueError, shapely.errors.GEOSException) as error:
+        reason = f"missing {error.args[0]!r}" if isinstance(error, KeyError) and error.args else str(error)
+        raise InputError(f"invalid GeoJSON geometry ({reason}); give a GeoJSON Polygon, Point, Feature or FeatureCollection") from None
 
 
 _PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")
@@ -182,6 +194,8 @@ def parse_datetime_range(value: str | None) -> tuple[datetime | None, datetime |
     if value is None or not str(value).strip():
         return None, None
     text = str(value).strip()
+    if text.count("/") > 1:
+        raise InputError(f"invalid datetime range {text!r}: give one START/END pair, such as 2023-06-01/2023-08-31")
     if "/" in text:
         start_text, _, end_text = text.partition("/")
     else:

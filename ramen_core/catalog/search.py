@@ -25,7 +25,7 @@ from ramen_core.catalog.local import is_local_catalog, read_local_items
 from ramen_core.catalog.query import SearchQuery, build_query
 from ramen_core.catalog.stac_api import open_client, search_sensor
 from ramen_core.errors import EmptyResultError, InputError
-from ramen_core.sensors import Catalog, Sensor, get_catalog, parse_sensor_list
+from ramen_core.sensors import Catalog, Sensor, get_catalog, list_catalogs, parse_sensor_list
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,23 @@ def _resolve_source(sensor: Sensor, catalog: str | None) -> Catalog | str:
         return get_catalog(sensor.default_catalog or DEFAULT_CATALOG)
     if is_local_catalog(catalog):
         return str(catalog)
+    if _looks_like_path(catalog):
+        raise InputError(
+            f"local catalog {catalog!r} not found; give an existing file or folder, a catalog name "
+            f"({', '.join(known.name for known in list_catalogs())}) or a STAC API URL"
+        )
     return get_catalog(catalog)
+
+
+_LOCAL_SUFFIXES = (".json", ".geojson", ".ndjson", ".jsonl", ".geojsonl", ".parquet", ".geoparquet")
+
+
+def _looks_like_path(value: str) -> bool:
+    """Return whether a catalog argument is meant as a file or folder rather than a name or URL."""
+    text = str(value)
+    if "://" in text:
+        return False
+    return "/" in text or "\\" in text or Path(text).suffix.lower() in _LOCAL_SUFFIXES
 
 
 def _collections_for(sensor: Sensor, catalog: Catalog) -> list[str]:
@@ -166,6 +182,12 @@ def search(
         EmptyResultError: nothing matched (or, with ``require_all``, some sensor matched nothing).
     """
     query = build_query(bbox=bbox, intersects=intersects, datetime=datetime, max_cloud=max_cloud, limit=limit)
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise InputError(f"invalid timeout {timeout!r}: give a positive number of seconds per request")
+    if not (isinstance(max_retries, int) and max_retries >= 0):
+        raise InputError(f"invalid retries {max_retries!r}: give 0 or a positive number of retries per request")
+    if not (isinstance(page_size, int) and page_size >= 1):
+        raise InputError(f"invalid page size {page_size!r}: give a positive number of items per page")
     if query.bbox is None and query.intersects is None:
         raise InputError("give an area: a bbox (west south east north) or a GeoJSON geometry")
     sensor_list = parse_sensor_list(sensors)
