@@ -52,6 +52,7 @@ from affine import Affine
 from odc.geo.crs import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox, Geometry, bbox_union, box
+from odc.geo.warp import resampling_s2rio
 from odc.geo.xr import xr_coords
 
 from ramen_core import _cube_grid, _cube_items
@@ -536,8 +537,11 @@ def _gsd(group: _Group, gsd: float | Mapping[str, float] | None, crs: CRS) -> fl
     """Output pixel size of a cube in metres: the option, else the native GSD."""
     requested = _per_sensor(gsd, group.items.sensor, "gsd")
     if requested is not None:
-        value = float(requested)
-        if not value > 0:
+        try:
+            value = float(requested)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (np.isfinite(value) and value > 0):
             raise InputError(f"gsd {requested!r} for {group.items.key} must be a positive number of metres")
         return value
     metric = [
@@ -595,6 +599,7 @@ def _build_cube(
 
     if resampling is None:
         resampling = "bilinear" if static else "nearest"
+    _check_resampling(resampling, key)
     names = group.loaded + ([group.mask_name] if group.mask_name else [])
     load_options: dict[str, Any] = {
         "bands": names,
@@ -672,6 +677,17 @@ def _build_cube(
         mask_layer=group.mask_name,
         mask_invalid=invalid_codes,
     )
+
+
+def _check_resampling(name: Any, key: str) -> None:
+    """Reject a resampling name that GDAL does not know before any pixel is read."""
+    try:
+        resampling_s2rio(str(name))
+    except ValueError:
+        raise InputError(
+            f"unknown resampling {name!r} for {key}; use a GDAL name such as nearest, bilinear, "
+            f"cubic, average or mode"
+        ) from None
 
 
 def _check_planes(raw: xr.Dataset, slices: Sequence[TimeSlice], parsed: Sequence[odc.stac.ParsedItem], key: str) -> None:
@@ -770,7 +786,8 @@ def _dask_client(address: str | None) -> Iterator[Any]:
 
     try:
         client = Client(address, timeout=_SCHEDULER_TIMEOUT, set_as_default=False)
-    except (OSError, TimeoutError) as error:
+    except (OSError, TimeoutError, ValueError) as error:
+        # A malformed address (no port, unknown protocol) raises ValueError.
         raise InputError(
             f"cannot connect to the Dask scheduler at {address!r} ({error}); check the address "
             f"(tcp://host:8786) and that the scheduler is running"

@@ -456,6 +456,23 @@ def test_geographic_crs_rejected(series_url):
         load_cube(items, "s2", bands=["B04"], crs=4326)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"gsd": "ten"}, "gsd 'ten' for sentinel-2-l2a must be a positive number"),
+        ({"gsd": float("inf")}, "must be a positive number"),
+        ({"resampling": "bicubic"}, "unknown resampling 'bicubic'"),
+        ({"resampling": {"s2": "linear"}}, "unknown resampling 'linear'"),
+        ({"scheduler": "not-an-address"}, "cannot connect to the Dask scheduler at 'not-an-address'"),
+    ],
+    ids=["gsd-text", "gsd-inf", "resampling", "resampling-per-sensor", "scheduler-without-port"],
+)
+def test_bad_options_raise_input_error(series_url, options, message):
+    items = _search(series_url, ids=["S2A_33TWM_20230815_0_L2A"])
+    with pytest.raises(InputError, match=message):
+        load_cube(items, "s2", bands=["B04"], **options)
+
+
 def test_no_items_raise_empty():
     with pytest.raises(EmptyResultError):
         load_cubes({"s2": []})
