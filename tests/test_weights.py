@@ -259,6 +259,7 @@ def test_unexpected_key_is_listed(tmp_path):
     message = str(error.value)
     assert "unexpected encoder keys: encoder.blocks.0.attn.q_norm.weight" in message
     assert "unexpected decoder keys: decoder.extra_token" in message
+    assert ": the tensors do not match the model config" in message
 
 
 def test_head_count_guess_and_override():

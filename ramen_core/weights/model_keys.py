@@ -74,7 +74,7 @@ def check_against_config(
             problems.append(f"shape mismatches: {format_keys(mismatched)}")
     if problems:
         raise WeightsError(
-            f"{source} do not match the model config ({config.to_json()}): "
+            f"{source}: the tensors do not match the model config ({config.to_json()}): "
             + "; ".join(problems)
             + ". Check that the file is a RAMEN checkpoint and that the config (head counts, "
             "projectors) is the one it was trained with"
