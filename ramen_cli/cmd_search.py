@@ -48,7 +48,10 @@ def search_command(
     datetime: Optional[str] = typer.Option(
         None, "--datetime", help="Time range START/END, such as 2023-06-01/2023-08-31 ('..' for an open end)."
     ),
-    sensors: str = typer.Option("s2", "--sensors", help="Comma-separated sensors, such as s2,s1,dem (see `ramen sensors`)."),
+    sensors: str = typer.Option(
+        "s2", "--sensors",
+        help="Comma-separated sensors, such as s2,s1,dem (see `ramen sensors`); a description (NAME@GSD:BANDS) comes last.",
+    ),
     catalog: Optional[str] = typer.Option(
         None,
         "--catalog",

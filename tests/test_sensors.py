@@ -77,6 +77,13 @@ def test_sensor_list_rejects_repeats():
         parse_sensor_list("s2,sentinel-2-l2a")
 
 
+def test_sensor_list_ends_with_description():
+    sensors = parse_sensor_list("s2, dem,list-cam@1.5:red=665,nir=842;scale=0.1")
+    assert [sensor.id for sensor in sensors] == ["sentinel-2-l2a", "cop-dem-glo-30", "list-cam"]
+    assert [band.name for band in sensors[2].bands] == ["red", "nir"]
+    assert [sensor.id for sensor in parse_sensor_list("list-cam@1.5:665,842")] == ["list-cam"]
+
+
 def test_every_packaged_sensor_is_complete():
     catalog_names = {catalog.name for catalog in list_catalogs()}
     for sensor in list_sensors(include_registered=False):

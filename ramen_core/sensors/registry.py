@@ -745,14 +745,19 @@ def get_sensor(name: str | Sensor) -> Sensor:
 def parse_sensor_list(value: str | Sequence[str | Sensor]) -> list[Sensor]:
     """Resolve a comma-separated list (``s2,s1,dem``) or a sequence of sensor names.
 
-    A description contains commas itself, so a list that includes one must be given as a
-    sequence, not as one string.
+    A description contains commas itself, so in one string it must come last
+    (``s2,dem,cam@1.5:665,842``): everything from its ``NAME@`` on is the description.
+    A sequence may hold descriptions anywhere.
     """
     if isinstance(value, str):
+        plain, description = value, ""
         if "@" in value:
-            names: list[Any] = [value]
-        else:
-            names = [part.strip() for part in value.split(",") if part.strip()]
+            # Names contain no "@", so the last comma before the first "@" ends the plain names.
+            prefix, comma, _ = value.partition("@")[0].rpartition(",")
+            plain, description = (prefix, value[len(prefix) + 1 :]) if comma else ("", value)
+        names: list[Any] = [part.strip() for part in plain.split(",") if part.strip()]
+        if description:
+            names.append(description)
     else:
         names = list(value)
     if not names:
