@@ -128,7 +128,7 @@ def _file_inputs(
 
 
 def _plan_table(embed_plan: EmbedPlan, memory_limit: float) -> Table:
-    """One column per GSD (half, chosen, double), one row per quantity."""
+    """Build the plan table: one column per GSD (half, chosen, double), one row per quantity."""
     table = Table(title="Window plan (estimates)", title_justify="left")
     table.add_column("")
     for estimate in embed_plan.estimates:
@@ -156,7 +156,11 @@ def _plan_table(embed_plan: EmbedPlan, memory_limit: float) -> Table:
 def _set_log_level(verbose: int, quiet: bool) -> None:
     if not verbose and not quiet:
         return
-    level = logging.ERROR if quiet else (logging.INFO if verbose == 1 else logging.DEBUG)
+    level = logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    elif verbose == 1:
+        level = logging.INFO
     logging.getLogger().setLevel(level)
 
 
@@ -275,15 +279,19 @@ def embed_command(
     if output is None:
         raise InputError("give the output file with -o/--output (or --plan to only print the plan)")
 
-    with _ProgressBar(enabled=not quiet) as progress:
-        result = embed(
-            inputs, output, gsd=gsd, weights=weights, trust_checkpoint=trust_checkpoint, bbox=bbox, crs=crs,
-            normalization=normalization, window=window, overlap=overlap, batch_size=batch_size, device=device,
-            precision=precision, dtype=dtype, fuse=fuse, layer=layer, vectors=vectors, pooling=pooling,
-            preview=preview, overwrite=overwrite, resume=resume, scheduler=scheduler, tile_size=tile_size,
-            max_output_size=max_output_size, max_memory=max_memory, checkpoint_interval=checkpoint_interval,
-            progress=progress,
-        )
+    try:
+        with _ProgressBar(enabled=not quiet) as progress:
+            result = embed(
+                inputs, output, gsd=gsd, weights=weights, trust_checkpoint=trust_checkpoint, bbox=bbox, crs=crs,
+                normalization=normalization, window=window, overlap=overlap, batch_size=batch_size, device=device,
+                precision=precision, dtype=dtype, fuse=fuse, layer=layer, vectors=vectors, pooling=pooling,
+                preview=preview, overwrite=overwrite, resume=resume, scheduler=scheduler, tile_size=tile_size,
+                max_output_size=max_output_size, max_memory=max_memory, checkpoint_interval=checkpoint_interval,
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        err_console.print("Interrupted. Run the same command with --resume to continue.", highlight=False)
+        raise typer.Exit(code=130) from None
     if not quiet:
         console = Console(stderr=True)
         kind = "folder of COG tiles" if result.tiled else "COG"

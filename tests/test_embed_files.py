@@ -238,7 +238,8 @@ def test_layer_dtype_vectors_preview(tmp_path, weights):
              "--pooling", "cls")
     last_values, last_profile = read(last)
     first_values, first_profile = read(first)
-    assert last_profile["tags"]["RAMEN_LAYER"] == "2" and first_profile["tags"]["RAMEN_LAYER"] == "1"
+    assert last_profile["tags"]["RAMEN_LAYER"] == "2"
+    assert first_profile["tags"]["RAMEN_LAYER"] == "1"
     assert not np.allclose(last_values, first_values)
     with rasterio.open(first) as dataset:
         assert dataset.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "16"
@@ -287,7 +288,8 @@ def test_plan_prints_three_gsds(tmp_path, weights):
     assert result.exit_code == 0, result.output
     for gsd in ("10 m", "20 m (chosen)", "40 m"):
         assert gsd in result.output
-    assert "193 x 193" in result.output and "385 x 385" in result.output
+    assert "193 x 193" in result.output
+    assert "385 x 385" in result.output
     assert not list(tmp_path.iterdir())
 
 
@@ -298,3 +300,70 @@ def test_finer_gsd_than_input_warns(tmp_path, weights, caplog):
     assert result.exit_code == 0, result.output
     assert "finer than the finest input" in result.output + caplog.text
     assert output.exists()
+
+
+def test_vrt_with_band_descriptions(tmp_path, weights):
+    """A VRT stacking four 10 m BigEarthNet band files, its bands described out of sensor order."""
+    bands = ["B08", "B04", "B03", "B02"]
+    with rasterio.open(next(BIGEARTHNET_S2.glob("*_B02.tif"))) as dataset:
+        width, height, transform, crs = dataset.width, dataset.height, dataset.transform, dataset.crs.to_wkt()
+    sources = []
+    for index, band in enumerate(bands, start=1):
+        path = next(BIGEARTHNET_S2.glob(f"*_{band}.tif")).resolve()
+        sources.append(
+            f'<VRTRasterBand dataType="UInt16" band="{index}"><Description>{band}</Description>'
+            f'<SimpleSource><SourceFilename relativeToVRT="0">{path}</SourceFilename><SourceBand>1</SourceBand>'
+            f'</SimpleSource></VRTRasterBand>'
+        )
+    geotransform = ", ".join(str(value) for value in (transform.c, transform.a, transform.b, transform.f, transform.d, transform.e))
+    vrt = tmp_path / "stack.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{crs}</SRS>'
+        f'<GeoTransform>{geotransform}</GeoTransform>{"".join(sources)}</VRTDataset>',
+        encoding="utf-8",
+    )
+    output = tmp_path / "vrt.tif"
+    embed_ok(vrt, "--sensor", "s2", "--gsd", "20", "--weights", weights, "--window", "8", "-o", output)
+    values, profile = read(output)
+    assert json.loads(profile["tags"]["RAMEN_SENSORS"])[0]["bands"] == ["B02", "B03", "B04", "B08"]
+    assert np.isfinite(values).all()
+
+    # The same bands from the folder give the same embeddings: order comes from the descriptions.
+    folder = tmp_path / "folder.tif"
+    embed_ok(BIGEARTHNET_S2, "--sensor", "s2", "--bands", "B02,B03,B04,B08", "--gsd", "20", "--weights", weights,
+             "--window", "8", "-o", folder)
+    np.testing.assert_allclose(read(folder)[0], values, rtol=1e-5, atol=1e-5)
+
+
+def test_sensor_toml_file(tmp_path, weights):
+    sensor = tmp_path / "terra.toml"
+    sensor.write_text(
+        'id = "terra-s2"\ngsd = 1000.0\nscale = 0.0001\noffset = -0.1\n'
+        '[[bands]]\nname = "B02"\nwavelength_nm = 490\n[[bands]]\nname = "B03"\nwavelength_nm = 560\n'
+        '[[bands]]\nname = "B04"\nwavelength_nm = 665\n[[bands]]\nname = "B08"\nwavelength_nm = 842\n',
+        encoding="utf-8",
+    )
+    output = tmp_path / "toml.tif"
+    embed_ok(LUXEMBOURG_S2, "--sensor", sensor, "--gsd", "2000", "--weights", weights, "--window", "8", "-o", output)
+    tags = read(output)[1]["tags"]
+    assert json.loads(tags["RAMEN_SENSORS"])[0]["sensor"] == "terra-s2"
+    assert json.loads(tags["RAMEN_SCALING"])["terra-s2"][0]["offset"] == -0.1
+
+
+def test_tags_progress_and_weights_hash(tmp_path, weights):
+    from ramen_core import __version__
+    from ramen_core.weights import sha256_file
+
+    output = tmp_path / "tags.tif"
+    result = run_cli(["embed", BIGEARTHNET_S2, "--sensor", "s2", "--gsd", "20", "--weights", weights,
+                      "--window", "8", "-o", output])
+    assert result.exit_code == 0, result.output
+    assert "100/100" in result.output  # the progress bar: windows done of total
+    assert "Wrote COG" in result.output
+    tags = read(output)[1]["tags"]
+    assert tags["RAMEN_MODEL_SHA256"] == sha256_file(weights)
+    assert tags["RAMEN_WEIGHTS"] == weights
+    assert tags["RAMEN_VERSION"] == __version__
+    assert json.loads(tags["RAMEN_NORMALIZATION"])["mode"] == "registry"
+    assert json.loads(tags["RAMEN_ITEMS"])["s2"][0].endswith("_B01.tif")
+    assert json.loads(tags["RAMEN_MODEL_CONFIG"])["embed_dim"] == TINY_DIM

@@ -24,8 +24,8 @@ def test_snap_grid_outward_to_gsd():
     assert grid.transform == Affine(20.0, 0.0, 515340.0, 0.0, -20.0, 5200020.0)
     left, bottom, right, top = grid.bounds
     assert (left, top) == (515340.0, 5200020.0)
-    assert right >= 546059.0 and bottom <= 5169301.0
-    assert right - 546059.0 < 20.0 and 5169301.0 - bottom < 20.0
+    assert 546059.0 <= right < 546059.0 + 20.0
+    assert 5169301.0 - 20.0 < bottom <= 5169301.0
 
 
 def test_snap_grid_keeps_aligned_bounds():
@@ -46,7 +46,8 @@ def test_windows_cover_every_pixel(height, width, size, overlap):
     covered = np.zeros((height, width), dtype=int)
     for index in range(len(plan)):
         window = plan.window(index)
-        assert window.row_end <= height and window.col_end <= width
+        assert window.row_end <= height
+        assert window.col_end <= width
         covered[window.row : window.row_end, window.col : window.col_end] += 1
     assert covered.min() >= 1
     assert plan.window_shape == (min(size, height), min(size, width))
@@ -86,14 +87,15 @@ def test_blender_normalises_weighted_mean():
     blender.add(0, 0, np.full((2, 4, 4), 1.0, np.float32), weights, np.ones((1, 4, 4), bool))
     blender.add(0, 2, np.full((2, 4, 4), 3.0, np.float32), weights, np.ones((1, 4, 4), bool))
     row, values = blender.pop(tile.row_end)
-    assert row == 0 and values.shape == (2, 4, 6)
+    assert row == 0
+    assert values.shape == (2, 4, 6)
     np.testing.assert_allclose(values[:, :, :2], 1.0)
     np.testing.assert_allclose(values[:, :, 4:], 3.0)
     middle = values[0, 1, 2:4]
     assert np.all((middle > 1.0) & (middle < 3.0))
 
 
-def test_blender_invalid_pixels_are_nan_and_state_round_trips():
+def test_blender_state_and_invalid_groups():
     blender = StripBlender(channels=4, groups=2, tile_row=0, tile_col=0, tile_height=8, tile_width=4)
     valid = np.ones((2, 4, 4), bool)
     valid[1, :, :2] = False
@@ -102,7 +104,8 @@ def test_blender_invalid_pixels_are_nan_and_state_round_trips():
     restored.load_state(blender.state())
     _, values = restored.pop(2)
     assert np.isnan(values[2:, :, :2]).all()
-    assert np.isfinite(values[:2]).all() and np.isfinite(values[2:, :, 2:]).all()
+    assert np.isfinite(values[:2]).all()
+    assert np.isfinite(values[2:, :, 2:]).all()
     assert restored.top == 2
 
 
@@ -136,10 +139,12 @@ def test_estimates_scale_with_gsd():
     coarse = estimate_plan(config, costs, grid, window=16, overlap=0, batch_size=4, channels=64)
     fine = estimate_plan(config, costs, finer, window=16, overlap=0, batch_size=4, channels=64)
     assert coarse.tokens_per_window == 1 + 2 * 16 * 16
-    assert coarse.windows == 256 and fine.windows == 1024
+    assert coarse.windows == 256
+    assert fine.windows == 1024
     assert fine.total_tokens == 4 * coarse.total_tokens
     assert coarse.output_bytes == 256 * 256 * 64 * 4
-    assert coarse.peak_memory_bytes > 0 and coarse.flops > 0
+    assert coarse.peak_memory_bytes > 0
+    assert coarse.flops > 0
 
 
 def test_sizes_parse_and_format():

@@ -106,7 +106,7 @@ class EmbedPlan:
 
 @dataclass
 class EmbedResult:
-    """What ``embed`` wrote.
+    """Outputs of an ``embed`` run.
 
     Attributes:
         output: the COG (or the folder of COG tiles).
@@ -443,7 +443,7 @@ def embed(
     factory = EmbeddingTaskFactory(
         key=fingerprint, weights=embed_plan.weights, trust_checkpoint=trust_checkpoint, modalities=modalities,
         grid=embed_plan.grid, normalization=normalized, layer=layer, fuse=fuse,
-        pooling=pooling if vectors_path is not None else None, device=str(torch_device),
+        pooling=pooling if vectors_path is not None else None, device=str(torch_device) if not scheduler else device,
         precision=used_precision, encoder=None if scheduler else _encoder_from(loaded, torch_device),
     )
     sink: OutputSink
@@ -464,7 +464,7 @@ def embed(
             resume=resume, checkpoint_interval_s=checkpoint_interval, progress=progress, scheduler=scheduler,
             extras=extras, finalize=False,
         )
-        if report.valid_pixels == 0 and report.resumed_tiles == 0:
+        if report.valid_pixels == 0 and not report.resumed:
             raise EmptyResultError(
                 "no window had valid input, so the output would be all nodata; check the inputs' nodata "
                 "values and the area"

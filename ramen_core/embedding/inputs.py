@@ -118,7 +118,7 @@ def parse_crs(value: Any) -> CRS:
 
 
 def utm_crs(lon: float, lat: float) -> CRS:
-    """The UTM zone (WGS 84) of a point in degrees."""
+    """Return the UTM zone (WGS 84) of a point given in degrees."""
     from odc.geo.crs import CRS as OdcCRS
 
     return CRS.from_epsg(int(OdcCRS.utm(lon, lat).epsg))

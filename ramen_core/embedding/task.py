@@ -158,7 +158,7 @@ class EmbeddingTask:
         return BatchResult(values, valid, extras, tokens)
 
     def _pool(self, output: Any, fused: torch.Tensor, fused_valid: torch.Tensor) -> np.ndarray:
-        """One vector per window: the mean of its valid tokens, or its CLS token."""
+        """Pool one vector per window: the mean of its valid tokens, or its CLS token."""
         if self.pooling == "cls":
             return output.cls(self.layer).float().cpu().numpy()
         groups = fused_valid.shape[1]

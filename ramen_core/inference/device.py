@@ -57,6 +57,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return text
 
 
+# NOTE: the tests run on CPU only; the CUDA (bf16 autocast) and MPS paths have not been run there.
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """bf16 autocast on CUDA when ``precision`` is ``bf16``; a no-op otherwise."""

@@ -38,7 +38,7 @@ _STATISTICS_READ_SIDE = 1024
 
 
 class StatisticsSource(Protocol):
-    """What the statistics pass needs from a modality."""
+    """Interface that the statistics pass needs from a modality."""
 
     name: str
     sensor: Sensor
@@ -70,7 +70,7 @@ class Normalization:
         return mean, std
 
     def to_dict(self) -> dict[str, Any]:
-        """The record stored in the output tags."""
+        """Return the record stored in the output tags."""
         return {
             "mode": self.mode,
             "source": self.source,

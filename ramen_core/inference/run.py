@@ -1,6 +1,6 @@
 """The window engine: read windows, run a batched model, blend, and stream rows to a sink.
 
-The engine knows nothing about embeddings. It takes a :class:`WindowTask` (read a batch of
+The engine has no embedding-specific code. It takes a :class:`WindowTask` (read a batch of
 windows, run the model on it) from a :class:`TaskFactory`, and a plan of windows and tiles
 (:mod:`ramen_core.inference.tiling`). ``ramen embed`` plugs in an encoder that returns
 feature maps; ``ramen segment`` plugs in an encoder with a head that returns class
@@ -93,10 +93,15 @@ _TASK_BUILDS: dict[str, int] = {}
 
 
 def cached_task(factory: TaskFactory) -> WindowTask:
-    """Build the factory's task once per process and return the cached one afterwards."""
+    """Build the factory's task once per process and return the cached one afterwards.
+
+    Only the task of the latest key is kept, so a long-lived worker does not accumulate
+    the models of earlier runs.
+    """
     task = _TASKS.get(factory.key)
     if task is None:
         logger.info("building task %s in process %d", factory.key[:12], os.getpid())
+        _TASKS.clear()
         task = factory()
         _TASKS[factory.key] = task
         _TASK_BUILDS[factory.key] = _TASK_BUILDS.get(factory.key, 0) + 1
@@ -104,7 +109,7 @@ def cached_task(factory: TaskFactory) -> WindowTask:
 
 
 def task_builds(key: str) -> int:
-    """How many times this process built the task of ``key`` (1 once it is cached)."""
+    """Return how many times this process built the task of ``key`` (1 once it is cached)."""
     return _TASK_BUILDS.get(key, 0)
 
 
@@ -205,7 +210,7 @@ def run_tile(
 
 @dataclass
 class RunReport:
-    """What a whole run did.
+    """Counters and timings of a whole run.
 
     Attributes:
         windows: windows processed by this call (tiles done before a resume excluded).
@@ -216,6 +221,7 @@ class RunReport:
         workers: per Dask worker, how many times it built the task (expected: 1).
         resumed_tiles: tiles that were already finished when the run started.
         valid_pixels: output pixels written with at least one valid channel by this call.
+        resumed: whether the run continued from a progress record.
     """
 
     windows: int = 0
@@ -226,6 +232,7 @@ class RunReport:
     workers: dict[str, int] = field(default_factory=dict)
     resumed_tiles: int = 0
     valid_pixels: int = 0
+    resumed: bool = False
 
 
 class ExtrasStore:
@@ -263,7 +270,11 @@ class ExtrasStore:
                 path.unlink()
 
     def load(self) -> dict[str, np.ndarray]:
-        """Concatenate every part, sorted by window index and without repeats."""
+        """Concatenate every part, sorted by window index and without repeats.
+
+        NOTE: this holds every window's results in memory at once (for pooled vectors, D
+        float32 values per window: about 3 KB at ViT-Base width), so it grows with the area.
+        """
         if not self.folder.exists():
             return {}
         merged: dict[str, list[np.ndarray]] = {}
@@ -333,8 +344,9 @@ def run_plan(
         )
     if extras is not None:
         extras.discard_after(record.extras_parts)
-    sink.open(resume=bool(record.tiles_done or record.current_tile is not None))
-    report = RunReport(resumed_tiles=len(record.tiles_done))
+    resumed = bool(record.tiles_done or record.current_tile is not None)
+    report = RunReport(resumed_tiles=len(record.tiles_done), resumed=resumed)
+    sink.open(resume=resumed)
 
     remaining = [tile for tile in plan.tiles if tile.index not in set(record.tiles_done)]
     total = count_windows(plan, plan.tiles)
@@ -392,7 +404,7 @@ def _run_locally(
     already: int,
     report_progress: Callable[[int], None],
 ) -> None:
-    task = cached_task(factory)
+    task = factory()  # built here, not cached: a notebook that embeds twice should not keep both models
     checkpointer = Checkpointer(checkpoint_interval_s)
     done_before = already
     for tile in tiles:
@@ -436,7 +448,7 @@ def _run_locally(
 
 @dataclass
 class TileResult:
-    """What a Dask worker sends back for one tile."""
+    """Result that a Dask worker returns for one tile."""
 
     tile: Tile
     values: np.ndarray

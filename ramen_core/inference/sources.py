@@ -77,7 +77,7 @@ def open_raster(path: str | Path) -> Any:
 
 @dataclass(frozen=True)
 class BandFile:
-    """Where one band is stored.
+    """Location of one band: file and band index.
 
     Attributes:
         band: canonical band name in the sensor.
@@ -183,7 +183,7 @@ class FileModality:
         return dataset
 
     def _vrt(self, path: str, nodata: float | None, grid: TargetGrid, pixel: int) -> Any:
-        """A warped view of ``path`` on the target grid at ``GSD / pixel``, one pixel wider on each side."""
+        """Return a warped view of ``path`` on the target grid at ``GSD / pixel``, one pixel wider on each side."""
         key = (path, grid.transform, grid.width, grid.height, pixel)
         vrt = self._vrts.get(key)
         if vrt is None:
@@ -626,5 +626,5 @@ def parse_assignments(values: Sequence[str] | None, what: str) -> dict[str | Non
 
 
 def assignment_for(assignments: Mapping[str | None, str], name: str) -> str | None:
-    """The value given for modality ``name``, else the one given for all, else None."""
+    """Return the value given for modality ``name``, else the one given for all, else None."""
     return assignments.get(name.lower(), assignments.get(None))

@@ -54,17 +54,17 @@ class PixelRect:
         return self.col + self.width
 
     def intersects(self, other: PixelRect) -> bool:
-        """Whether the two rectangles share at least one pixel."""
+        """Return whether the two rectangles share at least one pixel."""
         return self.row < other.row_end and other.row < self.row_end and self.col < other.col_end and other.col < self.col_end
 
     def contains(self, row: int, col: int) -> bool:
-        """Whether pixel (row, col) of the grid lies in this rectangle."""
+        """Return whether pixel (row, col) of the grid lies in this rectangle."""
         return self.row <= row < self.row_end and self.col <= col < self.col_end
 
 
 @dataclass(frozen=True)
 class Window(PixelRect):
-    """A window: the pixels one model call sees."""
+    """A window: the pixels that one model call encodes together."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class WindowPlan:
         return len(self.row_starts) * len(self.col_starts)
 
     def window(self, index: int) -> Window:
-        """The window with plan index ``index``."""
+        """Return the window with plan index ``index``."""
         row_index, col_index = divmod(index, len(self.col_starts))
         height, width = self.window_shape
         return Window(index, self.row_starts[row_index], self.col_starts[col_index], height, width)
@@ -214,7 +214,7 @@ class WindowPlan:
         return [self.window(row_index * count + col_index) for row_index in rows for col_index in cols]
 
     def owner_tile(self, window: Window) -> Tile:
-        """The tile that contains the window's centre pixel; it alone reports per-window results."""
+        """Return the tile that contains the window's centre pixel, the only tile that reports per-window results."""
         row = window.row + window.height // 2
         col = window.col + window.width // 2
         for tile in self.tiles:

@@ -48,7 +48,7 @@ CLASS_DTYPE = "uint8"
 
 @dataclass(frozen=True)
 class RasterMetadata:
-    """What every output raster carries besides its pixels.
+    """Band count, data type, nodata, descriptions and tags of an output raster.
 
     Attributes:
         count: number of bands.
@@ -123,7 +123,7 @@ def check_output_path(path: Path, overwrite: bool) -> None:
 
 
 def partial_dir_for(output: Path) -> Path:
-    """The work folder of an output: ``<output>.ramen-partial`` in the same folder."""
+    """Return the work folder of an output: ``<output>.ramen-partial`` in the same folder."""
     return output.with_name(output.name + PARTIAL_SUFFIX)
 
 
@@ -269,7 +269,7 @@ def translate_to_cog(raw_path: Path, output: Path, metadata: RasterMetadata) -> 
 
 
 class OutputSink:
-    """Where blended rows go: one COG, or one COG per tile. Coordinates are grid pixels."""
+    """Destination of blended rows: one COG, or one COG per tile. Coordinates are grid pixels."""
 
     def open(self, resume: bool) -> None:
         """Create (or, on resume, reopen) the raw files."""
@@ -282,7 +282,7 @@ class OutputSink:
         """Called once when every row of ``tile`` is written."""
 
     def flush(self) -> None:
-        """Make every write so far durable, before a progress record says it happened."""
+        """Make every write so far durable, before a progress record counts it."""
 
     def finalize(self, output: Path, tiles: Sequence[Tile]) -> None:
         """Turn the raw files into the final output at ``output``, atomically."""
@@ -302,6 +302,11 @@ class CogSink(OutputSink):
         self.raw: RawRaster | None = None
 
     def open(self, resume: bool) -> None:
+        if resume and not self.raw_path.exists():
+            raise InputError(
+                f"the work folder {str(self.raw_path.parent)!r} has a progress record but no {self.raw_path.name}; "
+                f"drop --resume to start again"
+            )
         self.raw = RawRaster(self.raw_path, self.grid, self.metadata, reuse=resume)
 
     def write(self, tile: Tile, row: int, col: int, values: np.ndarray) -> None:
@@ -314,6 +319,8 @@ class CogSink(OutputSink):
 
     def finalize(self, output: Path, tiles: Sequence[Tile]) -> None:
         self.flush()
+        if output.is_dir():
+            remove_path(output)  # a tiled output of an earlier run, replaced as overwrite=True allows
         translate_to_cog(self.raw_path, output, self.metadata)
 
     def close(self) -> None:
