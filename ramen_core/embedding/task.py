@@ -23,12 +23,6 @@ logger = logging.getLogger(__name__)
 FUSE_MODES = ("mean", "concat")
 POOLING_MODES = ("mean", "cls")
 
-# The encoder computes its token grid as floor(pixels * native_gsd / target_gsd). Inputs are
-# declared at a GSD larger by this relative amount so that float round-off never floors the
-# exact integer to one less; the change to the resampler's scale is negligible.
-GSD_ROUNDING_GUARD = 1e-9
-
-
 @dataclass
 class WindowInputs:
     """The normalised inputs of a batch of windows.
@@ -129,7 +123,7 @@ class EmbeddingTask:
             dates = torch.from_numpy(np.broadcast_to(days, (selected.size, days.size)).copy()).to(self.device)
             modalities.append(ModalityInput(
                 name=modality.name, data=data, bands=self._specs[index],
-                gsd=self._gsds[index] * (1.0 + GSD_ROUNDING_GUARD), dates=dates, valid=mask,
+                gsd=self._gsds[index], dates=dates, valid=mask,
             ))
         with torch.inference_mode(), autocast(self.device, self.precision):
             output = self.encoder(modalities, self.grid.gsd, blocks=(self.layer,))

@@ -38,7 +38,7 @@ import torch
 from ramen_core import __version__
 from ramen_core.embedding.api import DEFAULT_BATCH_SIZE, DEFAULT_LOCAL_TILE_WIDTH, DEFAULT_WINDOW, _input_identity
 from ramen_core.embedding.inputs import CatalogQuery, FileInput, check_has_data, open_catalog_inputs, open_file_inputs
-from ramen_core.embedding.task import GSD_ROUNDING_GUARD, EmbeddingTask, WindowInputs
+from ramen_core.embedding.task import EmbeddingTask, WindowInputs
 from ramen_core.errors import EmptyResultError, InputError
 from ramen_core.heads.bundle import NODATA_CLASS, SegmentationModel, load_segmentation_model
 from ramen_core.heads.upernet import Segmenter
@@ -112,7 +112,7 @@ class SegmentationTask(EmbeddingTask):
             dates = torch.from_numpy(np.broadcast_to(days, (selected.size, days.size)).copy()).to(self.device)
             modalities.append(ModalityInput(
                 name=modality.name, data=data, bands=self._specs[index],
-                gsd=self._gsds[index] * (1.0 + GSD_ROUNDING_GUARD), dates=dates, valid=mask.to(self.device),
+                gsd=self._gsds[index], dates=dates, valid=mask.to(self.device),
             ))
             pixel_valid |= _any_valid_per_pixel(mask, height, width)
 
