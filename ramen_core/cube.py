@@ -427,6 +427,8 @@ def _prepare_group(sensor_items: SensorItems, band_names: Sequence[str] | None) 
     sensor = sensor_items.sensor
     if isinstance(band_names, str):
         band_names = [name.strip() for name in band_names.split(",") if name.strip()]
+    if band_names is None:
+        band_names = _bands_in_every_item(sensor_items)
     selected = [band.name for band in sensor.select(band_names)]
     loaded: list[str] = []
     for name in selected:
@@ -455,6 +457,27 @@ def _prepare_group(sensor_items: SensorItems, band_names: Sequence[str] | None) 
         originals=list(sensor_items.items),
         parsed=parsed,
     )
+
+
+def _bands_in_every_item(sensor_items: SensorItems) -> list[str] | None:
+    """Return the sensor's bands that every item has an asset for, or None for all bands.
+
+    The model takes any subset of a sensor's bands, so items that carry only some bands (a
+    4-band product, say) load those without a ``bands`` argument. None is returned when
+    every band is present, or when none is, so that the usual missing-asset error names it.
+    """
+    sensor = sensor_items.sensor
+    every = sensor.select(None)
+    present = [
+        band.name
+        for band in every
+        if all(_has_asset(sensor, item, band.derived_from or band.name) for item in sensor_items.items)
+    ]
+    if not present or len(present) == len(every):
+        return None
+    skipped = [band.name for band in every if band.name not in present]
+    logger.info("%s: loading the bands every item has (%s); skipping %s", sensor_items.key, ", ".join(present), ", ".join(skipped))
+    return present
 
 
 def _has_asset(sensor: Sensor, item: pystac.Item, name: str) -> bool:

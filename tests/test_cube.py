@@ -145,6 +145,13 @@ def test_mask_classes_configurable(series_url):
     assert np.array_equal(cube.cloud.values[0], (scl == 9) & ~cube.nodata.values[0])
 
 
+def test_default_bands_are_those_every_item_has(series_url, series_cube):
+    items = _search(series_url, collections=["sentinel-2-l2a"], bbox=SERIES_BBOX, datetime="2023-08-01/2023-08-31")
+    cube = load_cube(items, "s2", compute=False)
+    assert cube.band_names == series_cube.band_names
+    assert len(cube.bands) == 4
+
+
 def test_normalised_has_no_nan(series_cube):
     normalised = series_cube.normalised().values
     assert normalised.dtype == np.float32
