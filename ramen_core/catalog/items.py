@@ -66,10 +66,27 @@ def item_crs(item: pystac.Item) -> str | None:
 
 
 def item_gsd(item: pystac.Item, sensor: Sensor | None = None) -> float | None:
-    """Return the item's ``gsd`` property in metres, else the sensor's native GSD."""
+    """Return the item's GSD in metres.
+
+    The item's ``gsd`` property comes first, then the finest asset ``gsd`` or pixel size of a
+    metric ``proj:transform``, then the sensor's native GSD.
+    """
     gsd = item.properties.get("gsd")
     if gsd is not None:
         return float(gsd)
+    sizes = []
+    for asset in item.assets.values():
+        fields = asset.extra_fields
+        if fields.get("gsd") is not None:
+            sizes.append(float(fields["gsd"]))
+            continue
+        transform = fields.get("proj:transform") or item.properties.get("proj:transform")
+        if transform and len(transform) >= 6 and abs(float(transform[1])) < 1e-12 and abs(float(transform[3])) < 1e-12:
+            pixel = abs(float(transform[0]))
+            if pixel >= 0.01:  # degrees-based grids have far smaller pixel sizes
+                sizes.append(pixel)
+    if sizes:
+        return min(sizes)
     return None if sensor is None else sensor.gsd
 
 
