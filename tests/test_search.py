@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import logging
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -380,6 +383,34 @@ def test_retries_exhausted(api_url, fault_proxy):
     with pytest.raises(CatalogError, match="failed"):
         search(sensors="s2", bbox=BBOX_35MNM, catalog=proxy.url, max_retries=2, backoff_factor=0.01)
     assert proxy.log.outcomes() == ["503", "503", "503"]
+
+
+@pytest.fixture
+def static_http(tmp_path):
+    """Serve ``tmp_path`` over plain HTTP on 127.0.0.1, as a web server hosts a static catalog."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_static_catalog_url_is_not_an_api(static_http):
+    folder, url = static_http
+    catalog = {"type": "Catalog", "id": "static", "description": "d", "stac_version": "1.0.0", "links": []}
+    (folder / "catalog.json").write_text(json.dumps(catalog))
+    with pytest.raises(CatalogError, match="STAC catalog without item search"):
+        search(sensors="s2", bbox=BBOX_35MNM, catalog=f"{url}/catalog.json", max_retries=0)
+
+
+def test_html_page_is_not_an_api(static_http):
+    folder, url = static_http
+    (folder / "index.html").write_text("<html><body>hello</body></html>")
+    with pytest.raises(CatalogError, match="the answer is not JSON"):
+        search(sensors="s2", bbox=BBOX_35MNM, catalog=f"{url}/", max_retries=0)
 
 
 def test_sensor_without_collection_in_catalog():

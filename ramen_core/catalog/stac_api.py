@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -63,6 +64,8 @@ def describe_request_error(error: Exception) -> str:
     pystac-client wraps requests' errors in its ``APIError``, so the cause is read from
     the message text.
     """
+    if isinstance(error, json.JSONDecodeError):
+        return "the answer is not JSON, so the URL is not a STAC API"
     text = str(error)
     status = getattr(error, "status_code", None)
     match = re.search(r"too many (\d{3}) error responses", text)
@@ -104,6 +107,11 @@ def open_client(catalog: Catalog, *, timeout: float = 30.0, max_retries: int = 4
             f"cannot open the STAC API at {catalog.url}: {describe_request_error(error)}. Check the URL and the network, "
             f"or pass a local catalog path with --catalog"
         ) from None
+    if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
+        raise CatalogError(
+            f"{catalog.url} is a STAC catalog without item search, not a STAC API; download it and "
+            f"pass the local catalog.json with --catalog, or give the URL of a STAC API"
+        )
     logger.info("opened STAC API %s", catalog.url)
     return client
 
