@@ -413,6 +413,41 @@ def test_html_page_is_not_an_api(static_http):
         search(sensors="s2", bbox=BBOX_35MNM, catalog=f"{url}/", max_retries=0)
 
 
+def _get_only_api(folder: Path, url: str, features: list[dict]) -> str:
+    """Write a STAC API landing page that advertises GET search only, and its one search page."""
+    landing = {
+        "type": "Catalog", "id": "get-only", "description": "d", "stac_version": "1.0.0",
+        "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"],
+        "links": [
+            {"rel": "self", "href": f"{url}/index.json"},
+            {"rel": "root", "href": f"{url}/index.json"},
+            {"rel": "search", "href": f"{url}/search", "method": "GET", "type": "application/geo+json"},
+        ],
+    }
+    (folder / "index.json").write_text(json.dumps(landing))
+    (folder / "search").write_text(json.dumps({"type": "FeatureCollection", "features": features, "links": []}))
+    return f"{url}/index.json"
+
+
+def test_get_only_api_searched_with_get(static_http):
+    folder, url = static_http
+    items = read_item_dicts(SERIES_35MNM)[:2]
+    catalog = _get_only_api(folder, url, items)
+    result = search(sensors="s2", bbox=BBOX_35MNM, catalog=catalog, max_retries=0)
+    assert sorted(_ids(result)) == sorted(item["id"] for item in items)
+
+
+def test_invalid_api_item_skipped(static_http, caplog):
+    folder, url = static_http
+    good = read_item_dicts(SERIES_35MNM)[0]
+    bad = {**good, "id": "no-datetime", "properties": {**good["properties"], "datetime": None}}
+    catalog = _get_only_api(folder, url, [bad, good])
+    with caplog.at_level(logging.WARNING, logger="ramen_core.catalog.stac_api"):
+        result = search(sensors="s2", bbox=BBOX_35MNM, catalog=catalog, max_retries=0)
+    assert _ids(result) == [good["id"]]
+    assert "skipped invalid item 'no-datetime'" in caplog.text
+
+
 def test_sensor_without_collection_in_catalog():
     with pytest.raises(InputError, match="no collection in catalog 'earth-search'"):
         search(sensors="s1", bbox=BBOX_33TWM, catalog="earth-search")

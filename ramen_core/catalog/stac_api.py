@@ -76,6 +76,8 @@ def describe_request_error(error: Exception) -> str:
     match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text) or re.search(r"(Connection (?:aborted|reset)[^'\")]*)", text)
     if match is not None:
         return f"connection failed ({match.group(1).strip()})"
+    # Error pages are often HTML over many lines; one line of it is enough in a message.
+    text = " ".join(text.split())
     if status is not None:
         return f"HTTP {status}: {text[:200]}"
     return text[:300]
@@ -136,13 +138,33 @@ def cloud_filter_parameters(client: Client, sensor: Sensor, max_cloud: float | N
     return {}
 
 
+# Errors of pystac and of the item checks for an item that is not valid STAC (no datetime,
+# no geometry type, a wrong field type). STACTypeError does not derive from STACError.
+_ITEM_ERRORS = (pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError, AttributeError)
+
+# Invalid items named one by one in the log; further ones are only counted.
+_INVALID_ITEMS_LOGGED = 3
+
+
+def search_method(client: Client) -> str:
+    """Return ``POST`` unless the API's search links advertise GET only.
+
+    POST stays the default when no link names a method, as in pystac-client, because it
+    carries long geometries in the body instead of the URL.
+    """
+    methods = {str(link.extra_fields.get("method", "")).upper() for link in client.get_links("search")}
+    methods.discard("")
+    return "GET" if methods == {"GET"} else "POST"
+
+
 def search_sensor(
     client: Client, sensor: Sensor, collections: list[str], query: SearchQuery, *, page_size: int = 100
 ) -> list[pystac.Item]:
     """Search one sensor's collections, page to the end and drop repeated item ids.
 
     Every item is also checked on the client against the area, time range and cloud
-    cover, so a server that ignores a filter does not let items through.
+    cover, so a server that ignores a filter does not let items through. Items that are
+    not valid STAC (no datetime, for example) are skipped with a warning.
 
     Raises:
         CatalogError: a request fails after all retries or the response is not STAC.
@@ -157,16 +179,23 @@ def search_sensor(
     }
     items: dict[str, pystac.Item] = {}
     repeated = 0
+    invalid: list[str] = []
     try:
-        search = client.search(**parameters)
+        search = client.search(method=search_method(client), **parameters)
         for item_dict in search.items_as_dicts():
             item_id = item_dict.get("id")
             if item_id in items:
                 repeated += 1
                 continue
             # pystac-client has already signed the page when the catalog needs signing.
-            item = pystac.Item.from_dict(item_dict, preserve_dict=False)
-            if not item_belongs_to(item, sensor) or not matches_query(item, query, sensor):
+            try:
+                item = pystac.Item.from_dict(item_dict, preserve_dict=False)
+                if not item_belongs_to(item, sensor) or not matches_query(item, query, sensor):
+                    continue
+            except _ITEM_ERRORS as error:
+                if len(invalid) < _INVALID_ITEMS_LOGGED:
+                    logger.warning("%s: skipped invalid item %r from %s: %s", sensor.id, item_id, client.self_href, error)
+                invalid.append(str(item_id))
                 continue
             items[item.id] = item
             if query.limit is not None and len(items) >= query.limit:
@@ -178,5 +207,7 @@ def search_sensor(
         ) from None
     if repeated:
         logger.warning("%s: dropped %d repeated items (the API returned overlapping pages)", sensor.id, repeated)
+    if len(invalid) > _INVALID_ITEMS_LOGGED:
+        logger.warning("%s: skipped %d invalid items in total", sensor.id, len(invalid))
     logger.info("%s: %d items from %s", sensor.id, len(items), client.self_href)
     return list(items.values())
