@@ -204,8 +204,8 @@ class SensorCube:
         """
         left, bottom, right, top = (float(value) for value in bounds)
         inverse = ~self.transform
-        col_start, row_start = inverse * (left, top)
-        col_stop, row_stop = inverse * (right, bottom)
+        col_start, row_start = inverse @ (left, top)
+        col_stop, row_stop = inverse @ (right, bottom)
         edges = [col_start, row_start, col_stop, row_stop]
         rounded = [round(value) for value in edges]
         rows, cols = self.geobox.shape

@@ -143,8 +143,8 @@ def chips_from_cubes(
                 if any(valid[modality].mean() < min_valid for modality in valid):
                     skipped += 1
                     continue
-                x0, y0 = transform * (col, row)
-                x1, y1 = transform * (col + size, row + size)
+                x0, y0 = transform @ (col, row)
+                x1, y1 = transform @ (col + size, row + size)
                 bounds = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
                 writer.add(ChipArrays(data=data, valid=valid, dates=dates, bounds=bounds), scene)
                 count += 1
