@@ -20,7 +20,7 @@ from ramen_core.errors import InputError
 from ramen_core.inference.device import resolve_device
 from ramen_core.inference.plan import available_memory, format_bytes, parse_bytes
 from ramen_core.inference.progress import ProgressUpdate
-from ramen_core.inference.sources import assignment_for, parse_assignments
+from ramen_core.inference.sources import assignment_for, catalog_bands, catalog_orbit, parse_assignments
 
 logger = logging.getLogger(__name__)
 
@@ -262,11 +262,9 @@ def embed_command(
     else:
         if sensors is None or bbox is None:
             raise InputError("give a raster and its --sensor, or a catalog search with --bbox and --sensors")
-        band_lists = parse_assignments(bands, "--bands")
         inputs = CatalogQuery(
             sensors=sensors, bbox=bbox, datetime=datetime, catalog=catalog, max_cloud=max_cloud, limit=limit,
-            bands={name: value.split(",") for name, value in band_lists.items() if name is not None} or None,
-            orbit=assignment_for(parse_assignments(orbit, "--orbit"), "") if orbit else None,
+            bands=catalog_bands(bands, sensors), orbit=catalog_orbit(orbit),
         )
         bbox = None
 

@@ -14,7 +14,7 @@ from ramen_cli.common import handle_errors
 from ramen_core.embedding.inputs import CatalogQuery, FileInput
 from ramen_core.errors import InputError
 from ramen_core.inference.segment import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW, segment
-from ramen_core.inference.sources import assignment_for, parse_assignments
+from ramen_core.inference.sources import assignment_for, catalog_orbit, parse_assignments
 
 
 def _number(value: str | None, option: str) -> float | None:
@@ -145,7 +145,7 @@ def segment_command(
             raise InputError("give a raster for the model's first input, or a catalog search with --bbox and --datetime")
         inputs = CatalogQuery(
             sensors=[], bbox=bbox, datetime=datetime, catalog=catalog, max_cloud=max_cloud, limit=limit,
-            orbit=assignment_for(parse_assignments(orbit, "--orbit"), "") if orbit else None,
+            orbit=catalog_orbit(orbit),
         )
     with _ProgressBar(enabled=not quiet) as progress:
         result = segment(

@@ -192,3 +192,57 @@ def test_described_sensor_on_command_line(tmp_path, weights):
                       "--gsd", "2000", "--weights", weights, "--window", "8", "-o", output, "-q"])
     assert result.exit_code == 0, result.output
     assert output.exists()
+
+
+def test_outputs_sharing_a_path(tmp_path, weights):
+    out = tmp_path / "out"
+    out.mkdir()
+    fails([LUXEMBOURG_S2, "--sensor", "s2", "--gsd", "2000", "--weights", weights, "-o", out / "e.tif",
+           "--preview", out / "e.tif"], "the output and the preview are both", out)
+
+
+def test_overwrite_keeps_foreign_folder(tmp_path, weights):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me", encoding="utf-8")
+    result = run_cli(["embed", LUXEMBOURG_S2, "--sensor", "s2", "--gsd", "2000", "--weights", weights,
+                      "-o", folder, "--overwrite"])
+    assert result.exit_code == 1, result.output
+    assert "contains no ramen output" in " ".join(result.output.split())
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "keep me"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["results"]
+
+
+def test_band_listed_twice(tmp_path, weights):
+    out = tmp_path / "out"
+    out.mkdir()
+    fails([LUXEMBOURG_S2, "--sensor", "s2", "--bands", "B04,B04", "--gsd", "2000", "--weights", weights,
+           "-o", out / "e.tif"], "band B04 of sensor 'sentinel-2-l2a' is listed twice", out)
+
+
+def test_foreign_resume_keeps_work_folder(tmp_path, weights):
+    output = tmp_path / "e.tif"
+    work_dir = tmp_path / "e.tif.ramen-partial"
+    work_dir.mkdir()
+    record = '{"version": 1, "fingerprint": "of another command", "tiles_done": [], "current_tile": 0}'
+    (work_dir / "state.json").write_text(record, encoding="utf-8")
+    result = run_cli(["embed", LUXEMBOURG_S2, "--sensor", "s2", "--gsd", "2000", "--weights", weights,
+                      "-o", output, "--resume"])
+    assert result.exit_code == 1, result.output
+    assert "cannot be resumed with these" in " ".join(result.output.split())
+    assert (work_dir / "state.json").read_text(encoding="utf-8") == record
+    assert not output.exists()
+
+
+def test_catalog_orbit_and_bands_options():
+    from ramen_core.errors import InputError
+    from ramen_core.inference.sources import catalog_bands, catalog_orbit
+
+    assert catalog_orbit(["s1=des"]) == "des"  # was dropped: only a bare value reached the search
+    assert catalog_orbit(["asc"]) == "asc"
+    assert catalog_orbit([]) is None
+    with pytest.raises(InputError, match="one orbit direction"):
+        catalog_orbit(["s1=asc", "s1-rtc=des"])
+    assert catalog_bands(["B02,B03"], "s2,landsat") == {"s2": ["B02", "B03"], "landsat": ["B02", "B03"]}
+    assert catalog_bands(["s1=vv", "B04"], "s2,s1") == {"s1": ["vv"], "s2": ["B04"]}
+    assert catalog_bands([], "s2") is None

@@ -223,6 +223,15 @@ def test_time_series_from_stac_api(tmp_path, weights, series_url):
     assert np.isfinite(values).all()  # the R122 dates cover the whole area
 
 
+def test_bare_bands_reach_catalog(tmp_path, weights, series_url):
+    output = tmp_path / "two_bands.tif"
+    embed_ok("--bbox", "15.30", "46.75", "15.45", "46.85", "--datetime", "2023-08-10/2023-08-10",
+             "--sensors", "s2", "--catalog", series_url, "--bands", "B03,B08", "--gsd", "480",
+             "--weights", weights, "--window", "4", "-o", output)
+    sensors = json.loads(read(output)[1]["tags"]["RAMEN_SENSORS"])
+    assert [entry["bands"] for entry in sensors] == [["B03", "B08"]]
+
+
 # ----------------------------------------------------------------------------- options
 
 

@@ -255,6 +255,34 @@ def test_segment_rejects_missing_input(trained, tmp_path):
     assert not (tmp_path / "out.tif").exists()
 
 
+def test_segment_rejects_shared_output_paths(trained, tmp_path):
+    output = tmp_path / "out.tif"
+    result = runner.invoke(app, ["segment", str(S1), "--input", f"s2={S2}", "--model", str(trained / "model.safetensors"),
+                                 "-o", str(output), "--probabilities", str(output)])
+    assert result.exit_code == 1
+    assert "the class map and the probabilities are both" in " ".join(result.output.split())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_segment_rejects_area_below_one_token(trained, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    for name, source in (("s1", S1), ("s2", S2)):
+        with rasterio.open(source) as dataset:
+            window = rasterio.windows.Window(100, 100, 3, 3)
+            profile = {**dataset.profile, "width": 3, "height": 3, "transform": dataset.window_transform(window)}
+            with rasterio.open(small / f"{name}.tif", "w", **profile) as target:
+                target.write(dataset.read(window=window))
+                target.descriptions = dataset.descriptions
+    output = tmp_path / "out.tif"
+    result = runner.invoke(app, ["segment", str(small / "s1.tif"), "--input", f"s2={small / 's2.tif'}",
+                                 "--model", str(trained / "model.safetensors"), "-o", str(output)])
+    assert result.exit_code == 1
+    assert "smaller than one token at GSD 40 m" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not output.exists()
+
+
 # ---------------------------------------------------------------------------------- chip datasets
 def test_finetune_on_labelled_chip_dataset(tmp_path):
     from ramen_core.typed_toml import read_toml
@@ -323,3 +351,17 @@ def test_segment_deterministic_and_resumable(trained, tmp_path):
     _segment_coarse(model_path, interrupted, resume=True)
     assert interrupted.read_bytes() == (tmp_path / "first.tif").read_bytes()
     assert not (tmp_path / "resumed.tif.ramen-partial").exists()
+
+
+def test_segment_bbox_on_input_grid(trained, tmp_path):
+    inputs = [FileInput(S1, "", name="s1", orbit="des"), FileInput(S2, "", name="s2")]
+    result = segment(inputs, tmp_path / "quarter.tif", model=trained / "model.safetensors", bbox=QUARTER, window=16)
+    with rasterio.open(S1) as source, rasterio.open(tmp_path / "quarter.tif") as output:
+        column, row = ~source.transform * (output.transform.c, output.transform.f)
+        assert output.crs == source.crs
+        assert (output.transform.a, output.transform.e) == (source.transform.a, source.transform.e)
+        assert abs(column - round(column)) < 1e-6
+        assert abs(row - round(row)) < 1e-6
+        assert 240 <= output.width <= 260
+        assert 240 <= output.height <= 260
+    assert result.grid.width == output.width

@@ -44,7 +44,7 @@ from ramen_core.inference.plan import (
     format_bytes,
     parse_bytes,
 )
-from ramen_core.inference.progress import ProgressCallback, ProgressUpdate, fingerprint_of
+from ramen_core.inference.progress import ProgressCallback, ProgressRecord, ProgressUpdate, fingerprint_of
 from ramen_core.inference.run import ExtrasStore, RunReport, run_plan
 from ramen_core.inference.tiling import TargetGrid, WindowPlan, plan_windows, snap_grid
 from ramen_core.inference.writer import (
@@ -53,7 +53,7 @@ from ramen_core.inference.writer import (
     CogTileFolderSink,
     OutputSink,
     RasterMetadata,
-    check_output_path,
+    check_output_paths,
     partial_dir_for,
     remove_path,
 )
@@ -389,9 +389,7 @@ def embed(
         raise InputError(f"pooling {pooling!r} must be one of {', '.join(POOLING_MODES)}")
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
-    for path in (output, vectors_path, preview_path):
-        if path is not None:
-            check_output_path(path, overwrite)
+    check_output_paths({"output": output, "vectors": vectors_path, "preview": preview_path}, overwrite)
     torch_device = resolve_device(device)
     used_precision = resolve_precision(precision, torch_device)
 
@@ -456,6 +454,9 @@ def embed(
     else:
         sink = CogSink(work_dir, embed_plan.grid, metadata)
     extras = ExtrasStore(work_dir) if vectors_path is not None else None
+    if resume:
+        # A record of another run is an error that must keep that run's work folder.
+        ProgressRecord.load(work_dir, fingerprint)
 
     finished = False
     try:

@@ -44,7 +44,7 @@ from ramen_core.heads.bundle import NODATA_CLASS, SegmentationModel, load_segmen
 from ramen_core.heads.upernet import Segmenter
 from ramen_core.inference.device import autocast, resolve_device, resolve_precision
 from ramen_core.inference.normalization import Normalization
-from ramen_core.inference.progress import ProgressCallback, fingerprint_of
+from ramen_core.inference.progress import ProgressCallback, ProgressRecord, fingerprint_of
 from ramen_core.inference.run import BatchResult, RunReport, run_plan
 from ramen_core.inference.sources import open_raster, pixels_per_token
 from ramen_core.inference.tiling import TargetGrid, Tile, Window, plan_windows, snap_grid
@@ -53,7 +53,7 @@ from ramen_core.inference.writer import (
     CogSink,
     OutputSink,
     RasterMetadata,
-    check_output_path,
+    check_output_paths,
     partial_dir_for,
     remove_path,
 )
@@ -338,8 +338,16 @@ def _input_grid(path: str, bbox: Sequence[float] | None) -> TargetGrid:
     from ramen_core.catalog import parse_bbox
 
     bounds = transform_bounds(LONLAT, crs, *parse_bbox(bbox), densify_pts=21)
-    window = from_bounds(*bounds, transform=transform).round_offsets("floor").round_lengths("ceil")
-    window = window.intersection(rasterio.windows.Window(0, 0, width, height))
+    # The raster's whole pixels that the bbox touches (rasterio's rounding helpers changed
+    # between versions, so round here).
+    exact = from_bounds(*bounds, transform=transform)
+    col_start = max(0, math.floor(exact.col_off + 1e-9))
+    row_start = max(0, math.floor(exact.row_off + 1e-9))
+    col_stop = min(width, math.ceil(exact.col_off + exact.width - 1e-9))
+    row_stop = min(height, math.ceil(exact.row_off + exact.height - 1e-9))
+    if col_stop <= col_start or row_stop <= row_start:
+        raise InputError(f"{path!r} does not overlap the bbox {tuple(bbox)}; check the bbox (west south east north in degrees)")
+    window = rasterio.windows.Window(col_start, row_start, col_stop - col_start, row_stop - row_start)
     return TargetGrid(crs, rasterio.windows.transform(window, transform), int(window.width), int(window.height))
 
 
@@ -449,9 +457,7 @@ def segment(
     """
     output = Path(output)
     probabilities_path = Path(probabilities) if probabilities is not None else None
-    for path in (output, probabilities_path):
-        if path is not None:
-            check_output_path(path, overwrite)
+    check_output_paths({"class map": output, "probabilities": probabilities_path}, overwrite)
     if not (isinstance(window, int) and window >= 1):
         raise InputError(f"window must be a positive number of tokens, got {window!r}")
     overlap = window // 4 if overlap is None else overlap
@@ -483,6 +489,7 @@ def segment(
             grid = snap_grid(area, out_crs, float(output_gsd or modalities[0].gsd))
             pixel_m = grid.gsd
         check_has_data(modalities, grid.crs, grid.bounds)
+    snap_grid(area, out_crs, gsd)  # raises when the area holds no token at the working GSD
 
     # Windows: a whole number of output pixels per window, as close to `window` tokens as it gets.
     pixels_per_model_token = gsd / pixel_m
@@ -531,6 +538,14 @@ def segment(
         logger.info("removing the work folder %s of an earlier run (pass resume=True to continue it)", work_dir)
         remove_path(work_dir)
     sink = SegmentationSink(work_dir, grid, class_metadata, probability_metadata, probabilities_path)
+    if resume:
+        # A record of another run is an error that must keep that run's work folder.
+        try:
+            ProgressRecord.load(work_dir, fingerprint)
+        except InputError:
+            for modality in modalities:
+                modality.close()
+            raise
 
     finished = False
     try:

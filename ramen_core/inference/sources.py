@@ -389,7 +389,14 @@ def _stored_bands(sensor: Sensor, names: Sequence[str]) -> list[str]:
 def _requested_bands(sensor: Sensor, bands: Sequence[str] | None) -> list[str] | None:
     if bands is None or len(bands) == 0:
         return None
-    return [band.name for band in sensor.select(bands)]
+    names = [band.name for band in sensor.select(bands)]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InputError(
+            f"band {repeated[0]} of sensor {sensor.id!r} is listed twice in the bands "
+            f"({', '.join(map(str, bands))}); name each band once"
+        )
+    return names
 
 
 def _layout_folder(sensor: Sensor, folder: Path, requested: list[str] | None) -> list[tuple[str, Path, int]]:
@@ -628,3 +635,34 @@ def parse_assignments(values: Sequence[str] | None, what: str) -> dict[str | Non
 def assignment_for(assignments: Mapping[str | None, str], name: str) -> str | None:
     """Return the value given for modality ``name``, else the one given for all, else None."""
     return assignments.get(name.lower(), assignments.get(None))
+
+
+def catalog_bands(values: Sequence[str] | None, sensors: str | Sequence[str]) -> dict[str, list[str]] | None:
+    """Read ``--bands`` of a catalog search: ``B02,B03`` for every sensor, or ``s2=B02,B03`` per sensor.
+
+    Returns:
+        The bands of each sensor that has some, keyed by the sensor names given (``s2``),
+        or None when no bands were given.
+    """
+    parsed = parse_assignments(values, "--bands")
+    names = [part.strip() for part in sensors.split(",")] if isinstance(sensors, str) else [str(s) for s in sensors]
+    table = {key: value for key, value in parsed.items() if key is not None}
+    if None in parsed:
+        table.update({name.lower(): parsed[None] for name in names if name and name.lower() not in table})
+    lists = {key: [part.strip() for part in value.split(",") if part.strip()] for key, value in table.items()}
+    return {key: value for key, value in lists.items() if value} or None
+
+
+def catalog_orbit(values: Sequence[str] | None) -> str | None:
+    """Read ``--orbit`` of a catalog search: one direction, as ``des`` or ``s1=des``.
+
+    Raises:
+        InputError: several different directions are given.
+    """
+    directions = sorted(set(parse_assignments(values, "--orbit").values()))
+    if len(directions) > 1:
+        raise InputError(
+            f"a catalog search keeps one orbit direction for its radar items, but --orbit gives "
+            f"{', '.join(directions)}; give one"
+        )
+    return directions[0] if directions else None

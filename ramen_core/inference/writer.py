@@ -36,6 +36,8 @@ from ramen_core.inference.tiling import TargetGrid, Tile
 logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".ramen-partial"
+# The STAC collection that a folder of COG tiles holds; it marks such a folder as a ramen output.
+TILE_COLLECTION = "collection.json"
 
 # COG block side in pixels. Bands are stored separately (band interleave), so a block holds
 # one band: 256 x 256 float32 values are 256 KiB before compression.
@@ -103,9 +105,17 @@ def check_output_path(path: Path, overwrite: bool) -> None:
     """Check that ``path`` can be created, before any work starts.
 
     Raises:
-        OutputError: the path exists and ``overwrite`` is False, or its folder cannot be
-            created or written to.
+        OutputError: the path exists and ``overwrite`` is False, the path is a folder other
+            than a folder of COG tiles of an earlier run, or its folder cannot be created or
+            written to.
     """
+    if path.is_dir() and not path.is_symlink() and not (path / TILE_COLLECTION).is_file():
+        # Only a folder of COG tiles written by an earlier run may be replaced: never delete
+        # a folder of other files because its name was given as the output.
+        raise OutputError(
+            f"output {str(path)!r} is a folder that contains no ramen output (no {TILE_COLLECTION}); "
+            f"give a file path for the output, such as {str(path / 'out.tif')!r}"
+        )
     if path.exists() and not overwrite:
         raise OutputError(f"output {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
     parent = path.parent
@@ -120,6 +130,32 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot create the output folder {str(parent)!r}: {describe_os_error(error)}") from error
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {str(parent)!r} is not writable; choose a folder you can write to")
+
+
+def check_output_paths(paths: Mapping[str, Path | None], overwrite: bool) -> None:
+    """Check several outputs of one run: distinct paths, each creatable (:func:`check_output_path`).
+
+    Args:
+        paths: the outputs by what they are (``output``, ``preview``, ...); None for an
+            output that was not asked for.
+        overwrite: whether existing outputs may be replaced.
+
+    Raises:
+        OutputError: two outputs share a path, or :func:`check_output_path` fails for one.
+    """
+    seen: dict[Path, str] = {}
+    for what, path in paths.items():
+        if path is None:
+            continue
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise OutputError(
+                f"the {seen[key]} and the {what} are both {str(path)!r}; give each output its own path"
+            )
+        seen[key] = what
+    for path in paths.values():
+        if path is not None:
+            check_output_path(path, overwrite)
 
 
 def partial_dir_for(output: Path) -> Path:
@@ -439,7 +475,7 @@ class CogTileFolderSink(OutputSink):
             collection.add_item(item)
         collection.normalize_hrefs(str(self.folder))
         collection.make_all_asset_hrefs_relative()
-        with output_errors(self.folder / "collection.json"):
+        with output_errors(self.folder / TILE_COLLECTION):
             collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
 
     def finalize(self, output: Path, tiles: Sequence[Tile]) -> None:
