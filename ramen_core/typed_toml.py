@@ -125,7 +125,13 @@ def convert_value(value: Any, annotation: Any, key: str, base_dir: Path, what: s
 
 
 def build_dataclass(
-    cls: Any, table: Mapping[str, Any], prefix: str, base_dir: Path, what: str = "recipe", **fixed: Any
+    cls: Any,
+    table: Mapping[str, Any],
+    prefix: str,
+    base_dir: Path,
+    what: str = "recipe",
+    also_allowed: Sequence[str] = (),
+    **fixed: Any,
 ) -> Any:
     """Build dataclass ``cls`` from a TOML table, rejecting unknown and missing keys by dotted path.
 
@@ -135,6 +141,8 @@ def build_dataclass(
         prefix: dotted path of the table ("" for the top level).
         base_dir: folder that relative paths are resolved against.
         what: name of the file kind in messages.
+        also_allowed: keys of the table that the caller has read already (such as the
+            tables behind ``fixed``), listed in the message about an unknown key.
         fixed: field values already built by the caller; the table must not contain them.
     """
     hints = typing.get_type_hints(cls)
@@ -143,7 +151,8 @@ def build_dataclass(
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         section = f"[{prefix}]" if prefix else "the top level"
-        raise ConfigError(f"unknown {what} key {key!r}; keys allowed in {section}: {', '.join(names)}")
+        allowed = [*names, *(name for name in also_allowed if name not in names)]
+        raise ConfigError(f"unknown {what} key {key!r}; keys allowed in {section}: {', '.join(allowed)}")
     values = dict(fixed)
     for name in names:
         if name in table:

@@ -278,7 +278,10 @@ def chip_spec_from_dict(data: Mapping[str, Any], base_dir: str | Path = ".", sou
         raise ConfigError(f"chip spec {source}: add at least one [[scenes]] entry")
     scenes = [_scene(index, table, list(modalities), base) for index, table in enumerate(scenes_table)]
     data.setdefault("name", Path(source).stem if source != "<dict>" else "chips")
-    spec: ChipSpec = build_dataclass(ChipSpec, data, "", base, "chip spec", modalities=modalities, scenes=scenes)
+    spec: ChipSpec = build_dataclass(
+        ChipSpec, data, "", base, "chip spec", also_allowed=("modalities", "scenes"), modalities=modalities,
+        scenes=scenes,
+    )
     _check_spec(spec)
     return spec
 

@@ -334,7 +334,9 @@ def finetune_recipe_from_dict(data: dict[str, Any], base_dir: str | Path = ".", 
     outputs = {}
     if "output" in data:
         outputs["output"] = convert_value(data.pop("output"), OutputRecipe, "output", Path("."))
-    recipe: FinetuneRecipe = build_dataclass(FinetuneRecipe, data, "", base, source=source, **outputs)
+    recipe: FinetuneRecipe = build_dataclass(
+        FinetuneRecipe, data, "", base, also_allowed=("output",), source=source, **outputs
+    )
     splits = {}
     for split_name in ("train", "val"):
         split: SplitRecipe = getattr(recipe.data, split_name)
