@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ramen_cli.app import app
 from ramen_cli.common import handle_errors
+from ramen_core._atomic import atomic_path
 from ramen_core.errors import InputError
 from ramen_core.model import grid_shape
 from ramen_core.training import export_encoder, load_recipe, pretrain, training_statistics
@@ -122,5 +123,6 @@ def statistics_command(
 ) -> None:
     """Write the band statistics a model was pre-trained with, in the layout `ramen embed` reads."""
     table = training_statistics(load_weights(weights).metadata, dataset)
-    output.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    with atomic_path(output, what="statistics file") as temporary:
+        temporary.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     Console().print(f"wrote {output} ({', '.join(table)})", highlight=False)

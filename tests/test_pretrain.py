@@ -182,6 +182,19 @@ def test_gsd_without_tokens(sample_chips: dict[str, Path]) -> None:
         PretrainData(recipe)
 
 
+def test_gsd_masking_no_token(sample_chips: dict[str, Path]) -> None:
+    # 16 km chips at 16 km hold one token, which the masking keeps: the loss would be NaN.
+    recipe = load_recipe(TINY_RECIPE, dataset_overrides(sample_chips) + ["datasets.luxembourg.target_gsd=[16000.0]"])
+    with pytest.raises(ConfigError, match=r"has 1x1 tokens, too few to mask any at mask ratio 0\.75"):
+        PretrainData(recipe)
+
+
+def test_gsd_finer_than_chips(sample_chips: dict[str, Path]) -> None:
+    recipe = load_recipe(TINY_RECIPE, dataset_overrides(sample_chips) + ["datasets.luxembourg.target_gsd=[1.0, 1000.0]"])
+    with pytest.raises(ConfigError, match=r"1 m is finer than the finest native GSD .* 1000 m, .* 16000x16000 tokens"):
+        PretrainData(recipe)
+
+
 def test_recipe_expectations_checked(sample_chips: dict[str, Path]) -> None:
     recipe = load_recipe(TINY_RECIPE, dataset_overrides(sample_chips) + ["datasets.bigearthnet.native_gsd.s2=20.0"])
     with pytest.raises(ConfigError, match=r"native_gsd\.s2': the recipe expects 20 m .* stores 10 m"):
@@ -315,6 +328,14 @@ def test_pretrain_command(sample_chips: dict[str, Path], tmp_path: Path) -> None
     result = runner.invoke(app, arguments + ["--set", "model.depth=3", "--resume"])
     assert result.exit_code == 1
     assert "another model config" in result.output
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("", encoding="utf-8")
+    result = runner.invoke(app, ["pretrain", "statistics", str(tmp_path / "enc.safetensors"),
+                                 "--dataset", "luxembourg", "--out", str(blocker / "stats.json")])
+    assert result.exit_code == 1
+    assert "cannot write statistics file" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
 
 
 def test_checkpoint_header_size_0x80_loads(tmp_path: Path) -> None:

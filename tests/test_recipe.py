@@ -86,8 +86,10 @@ def test_unknown_key_named_by_path() -> None:
         recipe_from_dict(data)
     with pytest.raises(ConfigError, match=r"'model\.width'"):
         recipe_from_dict(_minimal(model={"size": "tiny", "width": 3}))
-    with pytest.raises(ConfigError, match=r"'colour'"):
-        recipe_from_dict(_minimal(colour="red"))
+    with pytest.raises(ConfigError, match=r"'colour'; keys allowed in the top level: ") as error:
+        recipe_from_dict(_minimal(colour="red", checkpoint={"dir": "c"}, log={"dir": "l"}))
+    allowed = str(error.value).split(": ")[-1].split(", ")
+    assert {"model", "checkpoint", "log", "datasets", "optim"} <= set(allowed)
 
 
 def test_wrong_type_named_by_path() -> None:
@@ -108,6 +110,8 @@ def test_wrong_type_named_by_path() -> None:
 def test_invalid_values_rejected() -> None:
     with pytest.raises(ConfigError, match="mask_ratio"):
         recipe_from_dict(_minimal(mae={"mask_ratio": 1.0}))
+    with pytest.raises(ConfigError, match="mask_ratio"):
+        recipe_from_dict(_minimal(mae={"mask_ratio": 0.0}))  # nothing masked: a NaN loss
     with pytest.raises(ConfigError, match="warmup_epochs"):
         recipe_from_dict(_minimal(schedule={"epochs": 5, "warmup_epochs": 6}))
     data = _minimal()

@@ -38,12 +38,19 @@ def _describe(band: BandSpec) -> str:
     return str(band.elevation)
 
 
-def check_dataset(recipe: DatasetRecipe, manifest: Manifest, normalization: str) -> None:
+def check_dataset(recipe: DatasetRecipe, manifest: Manifest, normalization: str, mask_ratio: float = 0.75) -> None:
     """Check that a chip dataset provides what the recipe expects of it.
+
+    Args:
+        recipe: the dataset's part of the recipe.
+        manifest: the chip dataset's manifest.
+        normalization: ``dataset`` (statistics needed) or ``none``.
+        mask_ratio: share of tokens masked at each step.
 
     Raises:
         ConfigError: a modality is missing, an expected GSD, chip size or band list differs,
-            statistics are missing, or a target GSD leaves no token in a chip.
+            statistics are missing, a target GSD leaves no token (or no masked token) in a
+            chip, or a target GSD is finer than the finest native GSD of the chips.
     """
     prefix = f"datasets.{recipe.name}"
     where = f"chip dataset {manifest.name!r} ({recipe.path})"
@@ -83,7 +90,16 @@ def check_dataset(recipe: DatasetRecipe, manifest: Manifest, normalization: str)
                 f"or set mae.normalization = \"none\""
             )
 
-    _, coarsest = recipe.finest_and_coarsest_gsd()
+    finest, coarsest = recipe.finest_and_coarsest_gsd()
+    native = min(manifest.modalities[name].gsd for name in recipe.modalities)
+    if finest < native * (1 - 1e-9):
+        info = next(manifest.modalities[name] for name in recipe.modalities if manifest.modalities[name].gsd == native)
+        rows, cols = grid_shape(info.size[0], info.size[1], info.gsd, finest)
+        raise ConfigError(
+            f"recipe key '{prefix}.target_gsd': {finest:g} m is finer than the finest native GSD of {where}, "
+            f"{native:g} m, so the chips have no detail at that GSD and a chip would take {rows}x{cols} tokens; "
+            f"use target GSDs of at least {native:g} m"
+        )
     values = recipe.gsd_values() or [coarsest]
     for name in recipe.modalities:
         info = manifest.modalities[name]
@@ -95,6 +111,15 @@ def check_dataset(recipe: DatasetRecipe, manifest: Manifest, normalization: str)
                     f"recipe key '{prefix}.target_gsd': at {target:g} m a chip of modality {name!r} "
                     f"({info.size[0]}x{info.size[1]} px at {info.gsd:g} m, {largest:g} m across) holds no token; "
                     f"use target GSDs of at most {largest:g} m"
+                )
+            # The masking keeps int(L * (1 - mask_ratio)) tokens, at least one, and the loss
+            # divides by the masked pixels: a grid with nothing masked gives a NaN loss.
+            tokens = rows * cols
+            if tokens - max(1, int(tokens * (1 - mask_ratio))) < 1:
+                raise ConfigError(
+                    f"recipe key '{prefix}.target_gsd': at {target:g} m a chip of modality {name!r} has "
+                    f"{rows}x{cols} tokens, too few to mask any at mask ratio {mask_ratio:g}; use finer target GSDs "
+                    f"or a higher mae.mask_ratio"
                 )
 
 
@@ -127,7 +152,7 @@ class PretrainData:
         self.datasets: dict[str, ChipDataset] = {}
         for name, dataset_recipe in recipe.datasets.items():
             dataset = ChipDataset(dataset_recipe.path)
-            check_dataset(dataset_recipe, dataset.manifest, recipe.mae.normalization)
+            check_dataset(dataset_recipe, dataset.manifest, recipe.mae.normalization, recipe.mae.mask_ratio)
             self.datasets[name] = dataset
             logger.info("dataset %s: %d chips in %d shards at %s", name, len(dataset), len(dataset.manifest.shards), dataset.folder)
             if len(dataset) // world_size < dataset_recipe.batch_size:

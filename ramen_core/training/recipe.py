@@ -115,7 +115,7 @@ class MAERecipe:
     """Masked auto-encoding.
 
     Attributes:
-        mask_ratio: share of tokens removed before the encoder, in [0, 1).
+        mask_ratio: share of tokens removed before the encoder, in (0, 1).
         normalization: ``dataset`` normalises each channel with the statistics that
             ``ramen chips --stats`` stored with the chips; ``none`` feeds stored values.
     """
@@ -340,8 +340,12 @@ def _check_dataset(recipe: DatasetRecipe) -> None:
 def _check_recipe(recipe: Recipe) -> None:
     if not recipe.datasets:
         raise ConfigError("recipe has no dataset; add a [datasets.NAME] table")
-    if not 0.0 <= recipe.mae.mask_ratio < 1.0:
-        raise ConfigError(f"recipe key 'mae.mask_ratio': must be in [0, 1), got {recipe.mae.mask_ratio}")
+    if not 0.0 < recipe.mae.mask_ratio < 1.0:
+        # Masking nothing leaves the reconstruction loss without a pixel to average over.
+        raise ConfigError(
+            f"recipe key 'mae.mask_ratio': must be between 0 and 1, both excluded, got {recipe.mae.mask_ratio} "
+            f"(0.75 is the pre-training value)"
+        )
 
     optim = recipe.optim
     for key in ("lr", "warmup_start_lr", "min_lr", "weight_decay", "eps", "grad_clip"):
@@ -406,7 +410,10 @@ def recipe_from_dict(data: Mapping[str, Any], base_dir: str | Path = ".", source
         if key in data:
             outputs[key] = convert_value(data.pop(key), cls, key, Path("."))
     data.setdefault("name", Path(source).stem if source != "<dict>" else "pretrain")
-    recipe: Recipe = build_dataclass(Recipe, data, "", base, datasets=datasets, model=model, source=source, **outputs)
+    recipe: Recipe = build_dataclass(
+        Recipe, data, "", base, also_allowed=("model", "checkpoint", "log", "datasets"), datasets=datasets,
+        model=model, source=source, **outputs,
+    )
     _check_recipe(recipe)
     return recipe
 
