@@ -34,6 +34,9 @@ def finetune_command(
         [], "--set", help="Override a recipe key, such as --set schedule.epochs=5 or --set data.gsd=20.",
         metavar="KEY=VALUE",
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the model and results of an earlier run in the recipe's output.dir."
+    ),
 ) -> None:
     """Fine-tune a segmentation head on labelled chips and save the best epoch as one model file.
 
@@ -58,7 +61,7 @@ def finetune_command(
             elif kind == "epoch":
                 bar.console.print(_epoch_line(event), highlight=False)
 
-        result = finetune(loaded, on_event=on_event)
+        result = finetune(loaded, on_event=on_event, overwrite=overwrite)
     console.print(
         f"best epoch {result.best_epoch}: mIoU {result.best_scores.miou:.4f}; model {result.model_path}; "
         f"metrics, summary and plot in {result.output_dir}",

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ramen_cli.app import _register_commands, app
 from ramen_core.embedding.inputs import FileInput
-from ramen_core.errors import EmptyResultError, InputError
+from ramen_core.errors import ConfigError, EmptyResultError, InputError, OutputError
 from ramen_core.heads.bundle import load_segmentation_model
 from ramen_core.inference.segment import segment
 from ramen_core.training.finetune import finetune
@@ -216,6 +216,30 @@ def test_empty_training_set_cli_message(tiles, tmp_path):
     assert result.exit_code == 1
     assert "train set is empty" in result.output
     assert "Traceback" not in result.output
+
+
+def test_finetune_keeps_earlier_model(tiles, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model.safetensors").write_bytes(b"an earlier model")
+    with pytest.raises(OutputError, match="already contains a model of an earlier run; pass --overwrite"):
+        finetune(_recipe(tiles, run_dir))
+    assert (run_dir / "model.safetensors").read_bytes() == b"an earlier model"
+
+
+def test_finetune_gsd_without_tokens(tiles, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"'data.gsd': at 1000 m a train chip .* holds no token; .* at most 640 m"):
+        finetune(_recipe(tiles, run_dir, "data.gsd=1000.0"))
+    assert not run_dir.exists()
+
+
+def test_finetune_fine_gsd_warns_and_leaves_nothing(tiles, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="block 9 does not exist"):
+        finetune(_recipe(tiles, run_dir, "data.gsd=2.0", "head.blocks=[1, 2, 2, 9]"))
+    assert "data.gsd 2 m is finer than the finest input (10 m)" in caplog.text
+    assert not run_dir.exists()
 
 
 def test_label_grid_mismatch_rejected(tiles, tmp_path):

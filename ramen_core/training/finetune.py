@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +43,7 @@ from ramen_core.heads.bundle import (
 )
 from ramen_core.heads.upernet import Segmenter
 from ramen_core.inference.sources import open_file_modality
-from ramen_core.model import ModalityInput, RamenEncoder
+from ramen_core.model import ModalityInput, RamenEncoder, grid_shape
 from ramen_core.sensors import get_sensor
 from ramen_core.training.finetune_recipe import FinetuneRecipe, InputRecipe, SplitRecipe
 from ramen_core.training.geotiff_chips import IGNORE, ChipFiles, GeoTiffChipDataset, chip_grid, find_chips, scan_chips
@@ -436,10 +437,75 @@ class _Run:
         return learning_rate(step, self.steps_per_epoch, self.recipe.optim, self.recipe.schedule) / self.recipe.optim.lr
 
 
-def _set_up(recipe: FinetuneRecipe) -> _Run:
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Check, before any work, that the output folder can be written and contains no earlier model.
+
+    Raises:
+        OutputError: the folder contains a model and ``overwrite`` is False, or it cannot be created.
+    """
+    if (output_dir / MODEL_FILE).exists() and not overwrite:
+        raise OutputError(
+            f"output folder {str(output_dir)!r} already contains a model of an earlier run; pass --overwrite "
+            f"(overwrite=True) to replace it, or set output.dir to another folder"
+        )
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            f"cannot create the output folder {str(output_dir)!r}: {str(existing)!r} is a file, not a folder; "
+            f"set output.dir to another folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create the output folder {str(output_dir)!r}: {str(existing)!r} is not writable")
+
+
+def _open_output_dir(output_dir: Path) -> None:
+    """Create the output folder at the first result, dropping the metrics of an earlier run."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the output folder {str(output_dir)!r}: {error}") from error
+    (output_dir / METRICS_FILE).unlink(missing_ok=True)
+
+
+def _check_working_gsd(recipe: FinetuneRecipe, specs: Sequence[ModalitySpec], splits: Mapping[str, SplitData]) -> None:
+    """Check that every input's chips hold tokens at ``data.gsd``; warn when it is finer than the inputs.
+
+    Raises:
+        ConfigError: a chip (or training crop) is narrower than one token at ``data.gsd``.
+    """
+    gsd = recipe.data.gsd
+    for split_name, split in splits.items():
+        item = split.dataset[0]
+        for spec in specs:
+            height, width = item[f"{spec.name}/data"].shape[-2:]
+            rows, cols = grid_shape(int(height), int(width), spec.gsd, gsd)
+            if rows < 1 or cols < 1:
+                across = min(int(height), int(width)) * spec.gsd
+                hint = " or a larger data.crop_size" if split_name == "train" and recipe.data.crop_size else ""
+                raise ConfigError(
+                    f"recipe key 'data.gsd': at {gsd:g} m a {split_name} chip of input {spec.name!r} "
+                    f"({int(height)}x{int(width)} px at {spec.gsd:g} m, {across:g} m across) holds no token; "
+                    f"use a data.gsd of at most {across:g} m{hint}"
+                )
+    finest = min(spec.gsd for spec in specs)
+    if gsd < finest * (1 - 1e-9):
+        first = specs[0]
+        height, width = splits["train"].dataset[0][f"{first.name}/data"].shape[-2:]
+        rows, cols = grid_shape(int(height), int(width), first.gsd, gsd)
+        logger.warning(
+            "data.gsd %g m is finer than the finest input (%g m): the inputs are upsampled, and each training "
+            "chip takes %dx%d tokens, which is slow and adds no detail beyond %g m", gsd, finest, rows, cols, finest,
+        )
+
+
+def _set_up(recipe: FinetuneRecipe, overwrite: bool = False) -> _Run:
     _seed_everything(recipe.train.seed)
     device = _select_device(recipe.train.device)
     classes = recipe.task.class_spec()
+    output_dir = Path(recipe.output.dir)
+    _check_output_dir(output_dir, overwrite)
 
     train_data, specs = prepare_split(recipe, "train", classes, None)
     val_data, _ = prepare_split(recipe, "val", classes, specs)
@@ -448,13 +514,7 @@ def _set_up(recipe: FinetuneRecipe) -> _Run:
             f"the training set has {len(train_data.dataset)} chips, fewer than one batch of "
             f"{recipe.data.batch_size}; lower data.batch_size or add chips"
         )
-
-    output_dir = Path(recipe.output.dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create the output folder {str(output_dir)!r}: {error}") from error
-    (output_dir / METRICS_FILE).unlink(missing_ok=True)
+    _check_working_gsd(recipe, specs, {"train": train_data, "val": val_data})
 
     encoder, reference = build_encoder_for(recipe)
     head_config = recipe.head.config()
@@ -535,13 +595,17 @@ def _write_summary(run: _Run, history: list[dict[str, Any]], best_epoch: int, be
         raise OutputError(f"cannot write {str(path)!r}: {error}") from error
 
 
-def finetune(recipe: FinetuneRecipe, on_event: EventCallback | None = None) -> FinetuneResult:
+def finetune(recipe: FinetuneRecipe, on_event: EventCallback | None = None, overwrite: bool = False) -> FinetuneResult:
     """Fine-tune a segmentation head on labelled chips and save the best model.
+
+    The output folder is created with the first epoch's results, so a run that fails
+    before them leaves no folder behind.
 
     Args:
         recipe: the validated recipe.
         on_event: called with ``{"event": "start" | "step" | "epoch" | "end", ...}`` dicts
             for progress display; ``epoch`` events hold the validation record.
+        overwrite: replace the results of an earlier run in ``output.dir``.
 
     Returns:
         The saved model's path, its epoch and scores, and the history.
@@ -550,10 +614,11 @@ def finetune(recipe: FinetuneRecipe, on_event: EventCallback | None = None) -> F
         ConfigError, InputError, EmptyResultError: invalid recipe or chips (an empty
             training set, a label grid that differs from the image grid, undeclared class
             values).
-        OutputError: the output folder cannot be written.
+        OutputError: the output folder cannot be written, or it contains a model of an
+            earlier run and ``overwrite`` is False.
     """
     emit = on_event or (lambda event: None)
-    run = _set_up(recipe)
+    run = _set_up(recipe, overwrite)
     classes = run.classes
     logger.info(
         "fine-tuning %d classes on %s at GSD %g m: %d training chips, %d validation chips, %d epochs of %d steps, "
@@ -585,6 +650,8 @@ def finetune(recipe: FinetuneRecipe, on_event: EventCallback | None = None) -> F
             **scores.to_dict(classes.names),
         }
         history.append(record)
+        if epoch == 1:
+            _open_output_dir(run.output_dir)
         _write_jsonl(run.output_dir / METRICS_FILE, record)
 
         # The first epoch is always saved, so a run whose mIoU stays undefined still has a model.
