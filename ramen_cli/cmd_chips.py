@@ -93,7 +93,7 @@ def chips_command(
         "chip with every chip, for `ramen finetune`."
     ),
     classes: Optional[str] = typer.Option(
-        None, "--classes", help="Comma-separated class names of --labels (needed when the spec has no [label] table)."
+        None, "--classes", help="Comma-separated class names of --labels (needed when the spec has no \\[label] table)."
     ),
     ignore_values: Optional[str] = typer.Option(
         None, "--ignore-values", help="Comma-separated label values that mean unlabelled, besides the raster's nodata."

@@ -278,11 +278,33 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
 def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     folder = tmp_path / "lux"
     build_chips(chip_spec_from_dict(_spec_dict()), folder)
-    with pytest.raises(OutputError, match="not empty"):
+    with pytest.raises(OutputError, match="already contains a chip dataset; .* --overwrite"):
         build_chips(chip_spec_from_dict(_spec_dict()), folder)
     manifest = build_chips(chip_spec_from_dict(_spec_dict(stride=8)), folder, overwrite=True)
     assert read_manifest(folder).num_chips == manifest.num_chips
     assert not list(tmp_path.glob(".*"))
+
+
+def test_overwrite_keeps_foreign_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(OutputError, match="contains files but no chip dataset"):
+        build_chips(chip_spec_from_dict(_spec_dict()), folder, overwrite=True)
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_label_outside_scene_rejected(tmp_path: Path) -> None:
+    label = tmp_path / "label.tif"
+    profile = {"driver": "GTiff", "width": 8, "height": 8, "count": 1, "dtype": "uint8", "crs": "EPSG:32633",
+               "transform": rasterio.transform.from_origin(500000, 5200000, 10, 10)}
+    with rasterio.open(label, "w", **profile) as dataset:
+        dataset.write(np.ones((1, 8, 8), np.uint8))
+    data = _spec_dict(label={"classes": ["a", "b"]})
+    data["scenes"][0]["label"] = str(label)
+    with pytest.raises(InputError, match="label raster .* does not overlap the scene's files"):
+        build_chips(chip_spec_from_dict(data), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_no_valid_chip(tmp_path: Path) -> None:
@@ -291,6 +313,8 @@ def test_no_valid_chip(tmp_path: Path) -> None:
 
 
 def test_spec_errors() -> None:
+    with pytest.raises(ConfigError, match=r"unknown chip spec key 'sizee'; keys allowed in the top level: .*modalities, scenes"):
+        chip_spec_from_dict(_spec_dict(sizee=3))
     with pytest.raises(ConfigError, match=r"'modalities\.s2\.bands'"):
         chip_spec_from_dict(_spec_dict(modalities={"s2": {"sensor": "s2-l2a", "bands": ["B99"]}}))
     data = _spec_dict()

@@ -300,6 +300,16 @@ class SceneReader:
             left, bottom, right, top = max(left, b[0]), max(bottom, b[1]), min(right, b[2]), min(top, b[3])
         if not (left < right and bottom < top):
             raise InputError(f"scene {self.scene.name!r}: the files of its modalities do not overlap")
+        if self.label_dataset is not None:
+            label = self.label_dataset
+            if label.crs is None:
+                raise InputError(f"label raster {label.name!r} has no CRS; chips need georeferenced rasters")
+            b = transform_bounds(label.crs, crs, *label.bounds, densify_pts=21)
+            if not (max(left, b[0]) < min(right, b[2]) and max(bottom, b[1]) < min(top, b[3])):
+                raise InputError(
+                    f"scene {self.scene.name!r}: the label raster {label.name!r} does not overlap the scene's files; "
+                    f"give the label raster of this scene"
+                )
 
         gsd = self.gsd[reference]
         if first.crs == crs and abs(pixel_size_m(first) - gsd) < 1e-6 * gsd:

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from ramen_core._atomic import default_mode
 from ramen_core.chips.format import (
+    MANIFEST_NAME,
     SHARD_PATTERN,
     LabelInfo,
     Manifest,
@@ -31,11 +32,26 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_output(folder: Path, overwrite: bool) -> None:
-    """Check that ``folder`` may be written, raising :class:`OutputError` if it contains other data."""
+    """Check that ``folder`` may be written: absent, empty, or a chip dataset that ``overwrite`` replaces.
+
+    Raises:
+        OutputError: ``folder`` is a file, contains files other than a chip dataset, or
+            contains a chip dataset and ``overwrite`` is False.
+    """
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"output {str(folder)!r} is a file; give a folder for the chip dataset")
-    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise OutputError(f"output folder {str(folder)!r} is not empty; choose another folder or pass --overwrite")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not (folder / MANIFEST_NAME).is_file():
+            # --overwrite replaces a chip dataset, never a folder of other files.
+            raise OutputError(
+                f"output folder {str(folder)!r} contains files but no chip dataset ({MANIFEST_NAME}); "
+                f"choose an empty or new folder"
+            )
+        if not overwrite:
+            raise OutputError(
+                f"output folder {str(folder)!r} already contains a chip dataset; choose another folder or pass "
+                f"--overwrite"
+            )
 
 
 class ChipWriter:
