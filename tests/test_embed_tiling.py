@@ -154,3 +154,7 @@ def test_sizes_parse_and_format():
     assert format_bytes(1536) == "1.5 KiB"
     with pytest.raises(InputError):
         parse_bytes("lots")
+    with pytest.raises(InputError, match="must be a positive number of bytes"):
+        parse_bytes("-5")
+    with pytest.raises(InputError, match="must be a positive number of bytes"):
+        parse_bytes(0)

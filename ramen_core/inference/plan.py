@@ -9,6 +9,7 @@ attention matrix, the model) plus the blending buffers; it is not a measurement.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -167,8 +168,15 @@ def parse_bytes(text: str | int | float) -> float:
     """Read a size such as ``16GB``, ``512MiB`` or ``1e9`` (bytes).
 
     Raises:
-        InputError: the text is not a size.
+        InputError: the text is not a size, or the size is not positive.
     """
+    size = _size_value(text)
+    if not (math.isfinite(size) and size > 0):
+        raise InputError(f"size {text!r} must be a positive number of bytes, such as 16GB, 512MiB or 1e9")
+    return size
+
+
+def _size_value(text: str | int | float) -> float:
     if isinstance(text, (int, float)):
         return float(text)
     value = str(text).strip().upper().replace(" ", "")
