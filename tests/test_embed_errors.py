@@ -246,3 +246,12 @@ def test_catalog_orbit_and_bands_options():
     assert catalog_bands(["B02,B03"], "s2,landsat") == {"s2": ["B02", "B03"], "landsat": ["B02", "B03"]}
     assert catalog_bands(["s1=vv", "B04"], "s2,s1") == {"s1": ["vv"], "s2": ["B04"]}
     assert catalog_bands([], "s2") is None
+
+
+def test_failed_run_creates_no_folders(tmp_path, weights):
+    source = write_raster(tmp_path / "empty.tif", np.zeros((4, 64, 64), np.uint16), crs="EPSG:32629", nodata=0,
+                          descriptions=["B02", "B03", "B04", "B08"])
+    out = tmp_path / "out"
+    out.mkdir()
+    fails([source, "--sensor", "s2", "--gsd", "20", "--weights", weights, "-o", out / "new" / "e.tif",
+           "--preview", out / "previews" / "e.png"], "all nodata", out)

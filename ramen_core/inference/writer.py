@@ -118,18 +118,19 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         )
     if path.exists() and not overwrite:
         raise OutputError(f"output {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as error:
+    # The output's folder is created when the run writes, so a run that fails early leaves
+    # no empty folders: check here the deepest folder that exists.
+    parent = Path(os.path.abspath(path)).parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
         raise OutputError(
-            f"cannot create the output folder {str(parent)!r}: part of that path is a file, not a folder; "
+            f"cannot create the output folder {str(path.parent)!r}: part of that path is a file, not a folder; "
             f"choose another output path"
-        ) from error
-    except OSError as error:
-        raise OutputError(f"cannot create the output folder {str(parent)!r}: {describe_os_error(error)}") from error
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {str(parent)!r} is not writable; choose a folder you can write to")
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {str(existing)!r} is not writable; choose a folder you can write to")
 
 
 def check_output_paths(paths: Mapping[str, Path | None], overwrite: bool) -> None:
@@ -280,6 +281,7 @@ def translate_to_cog(raw_path: Path, output: Path, metadata: RasterMetadata) -> 
     logger.info("converting %s to a COG at %s", raw_path, output)
     try:
         with output_errors(output), rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+            output.parent.mkdir(parents=True, exist_ok=True)
             cog_translate(
                 str(raw_path),
                 str(temporary),
