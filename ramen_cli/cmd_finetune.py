@@ -51,6 +51,7 @@ def finetune_command(
         TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
     ) as bar:
         task = bar.add_task("training", total=None, loss="-")
+        saved: dict[str, Any] = {}
 
         def on_event(event: dict[str, Any]) -> None:
             kind = event["event"]
@@ -60,8 +61,19 @@ def finetune_command(
                 bar.update(task, completed=event["step"], description=f"epoch {event['epoch']}", loss=f"{event['loss']:.4f}")
             elif kind == "epoch":
                 bar.console.print(_epoch_line(event), highlight=False)
+                if event.get("improved"):
+                    saved.update(epoch=event["epoch"], miou=event["miou"])
 
-        result = finetune(loaded, on_event=on_event, overwrite=overwrite)
+        try:
+            result = finetune(loaded, on_event=on_event, overwrite=overwrite)
+        except KeyboardInterrupt:
+            if saved:
+                text = (f"Interrupted. The best epoch so far, {saved['epoch']} (mIoU {saved['miou']:.4f}), is saved in "
+                        f"{Path(loaded.output.dir) / 'model.safetensors'}.")
+            else:
+                text = "Interrupted before the first epoch ended; no model was saved."
+            console.print(text, highlight=False)
+            raise typer.Exit(code=130) from None
     console.print(
         f"best epoch {result.best_epoch}: mIoU {result.best_scores.miou:.4f}; model {result.model_path}; "
         f"metrics, summary and plot in {result.output_dir}",

@@ -389,3 +389,18 @@ def test_segment_bbox_on_input_grid(trained, tmp_path):
         assert 240 <= output.width <= 260
         assert 240 <= output.height <= 260
     assert result.grid.width == output.width
+
+
+def test_finetune_interrupt_names_saved_model(tiles, tmp_path, monkeypatch):
+    import ramen_cli.cmd_finetune as command
+
+    def interrupted(recipe, on_event, overwrite):
+        on_event({"event": "epoch", "improved": True, "epoch": 2, "miou": 0.5, "train_loss": 1.0, "val_loss": 1.0,
+                  "majority_class_miou": 0.3, "overall_accuracy": 0.8, "iou": {"water": 0.5}})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "finetune", interrupted)
+    overrides = _data_overrides(tiles) + [f"output.dir={tmp_path / 'run'}"]
+    result = runner.invoke(app, ["finetune", "--recipe", str(RECIPE), *_set_args(overrides)])
+    assert result.exit_code == 130
+    assert "The best epoch so far, 2 (mIoU 0.5000), is saved in" in " ".join(result.output.split())
