@@ -196,6 +196,28 @@ def test_luxembourg_s2_with_dem(tmp_path, weights):
     check_valid_area(values, np.maximum(dem, optical))
 
 
+def test_south_up_raster_matches_north_up(tmp_path, weights):
+    values = np.random.default_rng(3).integers(500, 3000, (4, 40, 40)).astype(np.uint16)
+    layouts = {
+        "north": (values, Affine(10, 0, 500000, 0, -10, 5200400)),
+        "south": (values[:, ::-1, :], Affine(10, 0, 500000, 0, 10, 5200000)),  # rows run northwards
+    }
+    outputs = {}
+    for name, (data, transform) in layouts.items():
+        source = tmp_path / f"{name}.tif"
+        profile = {"driver": "GTiff", "width": 40, "height": 40, "count": 4, "dtype": "uint16", "nodata": 0,
+                   "crs": "EPSG:32633", "transform": transform}
+        with rasterio.open(source, "w", **profile) as dataset:
+            dataset.write(np.ascontiguousarray(data))
+            dataset.descriptions = ("B02", "B03", "B04", "B08")
+        outputs[name] = tmp_path / f"{name}_emb.tif"
+        embed_ok(source, "--sensor", "s2", "--gsd", "20", "--weights", weights, "--window", "8", "-o", outputs[name])
+    north, north_profile = read(outputs["north"])
+    south, south_profile = read(outputs["south"])
+    assert south_profile["transform"] == north_profile["transform"]
+    assert np.array_equal(south, north)
+
+
 # ----------------------------------------------------------------------------- time series from a STAC API
 
 

@@ -156,7 +156,11 @@ class FileModality:
     def footprint(self, crs: CRS) -> tuple[float, float, float, float]:
         """Bounds of the first file in ``crs``."""
         dataset = self._dataset(self.files[0].path)
-        return transform_bounds(dataset.crs, crs, *dataset.bounds, densify_pts=21)
+        # A south-up raster (positive row step) has its "bottom" above its "top": order them.
+        left, bottom, right, top = dataset.bounds
+        return transform_bounds(
+            dataset.crs, crs, min(left, right), min(bottom, top), max(left, right), max(bottom, top), densify_pts=21
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -314,7 +318,10 @@ class FileModality:
         for band_file in self.files:
             dataset = self._dataset(band_file.path)
             left, bottom, right, top = transform_bounds(crs, dataset.crs, *bounds, densify_pts=21)
-            window = rasterio.windows.from_bounds(left, bottom, right, top, dataset.transform)
+            # Pixel coordinates of the corners, which works for south-up and rotated rasters too.
+            corners = [~dataset.transform * (x, y) for x in (left, right) for y in (bottom, top)]
+            columns, rows = [c for c, _ in corners], [r for _, r in corners]
+            window = RasterioWindow(min(columns), min(rows), max(columns) - min(columns), max(rows) - min(rows))
             window = window.intersection(RasterioWindow(0, 0, dataset.width, dataset.height))
             scale = max(1.0, max(window.width, window.height) / _SAMPLE_SIDE)
             shape = (max(1, int(window.height / scale)), max(1, int(window.width / scale)))
