@@ -438,6 +438,9 @@ def test_stac_chips_command_local_catalog(tmp_path: Path) -> None:
     result = runner.invoke(app, ["chips", str(tmp_path / "x"), "--sensors", "s2"])
     assert result.exit_code == 1
     assert "--bbox" in result.output
+    result = runner.invoke(app, [*arguments[:-1], "--min-valid", "2"])  # a share, not a percentage
+    assert result.exit_code == 1
+    assert "min_valid 2 must be a share between 0 and 1" in " ".join(result.output.split())
     result = runner.invoke(app, ["chips", str(tmp_path / "x"), "--sensors", "s2", "--bbox", "1", "2", "3", "4",
                                  "--spec", str(SPECS / "luxembourg.toml")])
     assert result.exit_code == 1

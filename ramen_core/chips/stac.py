@@ -41,6 +41,16 @@ def default_modality_name(cube: Any) -> str:
     return name.replace(".", "_")
 
 
+def _check_options(size: int, stride: int | None, min_valid: float) -> None:
+    """Reject chip options that cannot cut any chip, before any pixel is loaded."""
+    if size < 1:
+        raise ConfigError(f"chip size {size} must be a positive number of pixels")
+    if stride is not None and stride < 1:
+        raise ConfigError(f"chip stride {stride} must be a positive number of pixels")
+    if not 0.0 <= min_valid <= 1.0:
+        raise ConfigError(f"min_valid {min_valid:g} must be a share between 0 and 1 (--min-valid 0.5 is half the pixels)")
+
+
 def chips_from_cubes(
     cubes: Mapping[str, Any],
     folder: str | Path,
@@ -83,8 +93,7 @@ def chips_from_cubes(
     """
     if not cubes:
         raise InputError("no cube to cut into chips; load at least one sensor")
-    if size < 1 or (stride is not None and stride < 1):
-        raise ConfigError(f"chip size {size} and stride {stride} must be positive numbers of pixels")
+    _check_options(size, stride, min_valid)
     step = stride or size
     folder = Path(folder)
     prepare_output(folder, overwrite)
@@ -204,6 +213,7 @@ def build_chips_from_stac(
     from ramen_core.catalog import search
     from ramen_core.cube import load_cubes
 
+    _check_options(int(options.get("size", 1)), options.get("stride"), float(options.get("min_valid", 0.5)))
     prepare_output(Path(folder), bool(options.get("overwrite", False)))
     result = search(sensors=sensors, bbox=bbox, datetime=datetime, catalog=catalog, max_cloud=max_cloud, limit=limit)
     cubes = load_cubes(result, sensors, bbox=bbox, crs=crs, bands=bands, gsd=gsd, compute=False, scheduler=scheduler)
