@@ -87,10 +87,19 @@ def test_dask_single_cog_matches_local(tmp_path, weights, cluster, local_output)
 
 def test_unreachable_scheduler(tmp_path, weights):
     import dask
+    import distributed  # noqa: F401  # load its config defaults first, or leaving dask.config.set drops them
 
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         result = run_cli(["embed", MAJORTOM, "--sensor", "s2", "--gsd", "40", "--weights", weights,
                           "--scheduler", "tcp://127.0.0.1:9", "-o", tmp_path / "e.tif"])
     assert result.exit_code == 1
     assert "Dask scheduler" in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_scheduler_address_without_port(tmp_path, weights):
+    result = run_cli(["embed", MAJORTOM, "--sensor", "s2", "--gsd", "40", "--weights", weights,
+                      "--scheduler", "localhost", "-o", tmp_path / "e.tif"])
+    assert result.exit_code == 1
+    assert "cannot connect to the Dask scheduler 'localhost'" in " ".join(result.output.split())
     assert sorted(path.name for path in tmp_path.iterdir()) == []

@@ -497,8 +497,12 @@ def _run_on_dask(
     try:
         # The connection timeout is Dask's setting distributed.comm.timeouts.connect (30 s by default).
         client = Client(scheduler)
-    except (OSError, TimeoutError) as error:
-        raise InputError(f"cannot connect to the Dask scheduler {scheduler!r} ({error}); check the address") from None
+    except (OSError, TimeoutError, ValueError) as error:
+        # Dask raises ValueError for an address it cannot parse, such as one without a port.
+        raise InputError(
+            f"cannot connect to the Dask scheduler {scheduler!r} ({error}); check the address, such as "
+            f"tcp://127.0.0.1:8786"
+        ) from None
     done = already
     try:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
