@@ -377,6 +377,13 @@ def test_segment_deterministic_and_resumable(trained, tmp_path):
     assert not (tmp_path / "resumed.tif.ramen-partial").exists()
 
 
+def test_segment_warns_of_fine_gsd(trained, tmp_path, caplog):
+    inputs = [FileInput(S1, "", name="s1", orbit="des"), FileInput(S2, "", name="s2")]
+    tiny_area = (-0.7700, 38.1100, -0.7690, 38.1110)
+    segment(inputs, tmp_path / "fine.tif", model=trained / "model.safetensors", bbox=tiny_area, gsd=5.0, window=8)
+    assert "GSD 5 m is finer than the finest input (10 m)" in caplog.text
+
+
 def test_segment_bbox_on_input_grid(trained, tmp_path):
     inputs = [FileInput(S1, "", name="s1", orbit="des"), FileInput(S2, "", name="s2")]
     result = segment(inputs, tmp_path / "quarter.tif", model=trained / "model.safetensors", bbox=QUARTER, window=16)

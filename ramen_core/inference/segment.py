@@ -490,6 +490,12 @@ def segment(
             pixel_m = grid.gsd
         check_has_data(modalities, grid.crs, grid.bounds)
     snap_grid(area, out_crs, gsd)  # raises when the area holds no token at the working GSD
+    finest = min(m.gsd for m in modalities)
+    if gsd < finest * (1 - 1e-9):
+        logger.warning(
+            "GSD %g m is finer than the finest input (%g m); the inputs are upsampled, which costs more tokens "
+            "and adds no detail beyond %g m", gsd, finest, finest,
+        )
 
     # Windows: a whole number of output pixels per window, as close to `window` tokens as it gets.
     pixels_per_model_token = gsd / pixel_m
