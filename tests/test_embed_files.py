@@ -13,6 +13,7 @@ from affine import Affine
 
 from embed_support import (
     BIGEARTHNET_S1,
+    DATA,
     BIGEARTHNET_S2,
     LUXEMBOURG_DEM,
     LUXEMBOURG_S2,
@@ -252,6 +253,15 @@ def test_bare_bands_reach_catalog(tmp_path, weights, series_url):
              "--weights", weights, "--window", "4", "-o", output)
     sensors = json.loads(read(output)[1]["tags"]["RAMEN_SENSORS"])
     assert [entry["bands"] for entry in sensors] == [["B03", "B08"]]
+
+
+def test_named_orbit_reaches_catalog(tmp_path, weights):
+    output = tmp_path / "des.tif"
+    embed_ok("--bbox", "-6.8995", "52.3030", "-6.8818", "52.3138", "--datetime", "2017-06-01/2017-06-30",
+             "--sensors", "s1-rtc", "--catalog", DATA / "s1_backscatter_items", "--orbit", "s1-rtc=des",
+             "--gsd", "80", "--weights", weights, "--window", "8", "-o", output)
+    sensors = json.loads(read(output)[1]["tags"]["RAMEN_SENSORS"])
+    assert [entry["orbit"] for entry in sensors] == ["des"]
 
 
 # ----------------------------------------------------------------------------- options
