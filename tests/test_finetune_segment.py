@@ -234,7 +234,7 @@ def test_finetune_gsd_without_tokens(tiles, tmp_path):
     assert not run_dir.exists()
 
 
-def test_finetune_fine_gsd_warns_and_leaves_nothing(tiles, tmp_path, caplog):
+def test_finetune_fine_gsd_warns(tiles, tmp_path, caplog):
     run_dir = tmp_path / "run"
     with pytest.raises(ConfigError, match="block 9 does not exist"):
         finetune(_recipe(tiles, run_dir, "data.gsd=2.0", "head.blocks=[1, 2, 2, 9]"))
