@@ -14,6 +14,7 @@ import torch
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
+import pytest
 from typer.testing import CliRunner
 
 from ramen_core.inference.tiling import window_starts
@@ -31,6 +32,21 @@ SERIES = DATA / "s2l2a_timeseries_33TWM" / "sentinel-2-l2a"
 
 # A 1.5 km square inside the Major TOM crop (lon/lat degrees), for runs at its native 10 m.
 MAJORTOM_SMALL_BBOX = (103.7400, 17.9100, 103.7540, 17.9240)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the test machine's two cores are shared, and oversubscription is slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    """Tiny random-weights encoder file, one per test module."""
+    return str(make_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors"))
 
 
 def make_tiny_weights(path: Path) -> Path:

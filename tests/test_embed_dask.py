@@ -6,23 +6,10 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-import torch
 
-from embed_support import MAJORTOM, is_valid_cog, make_tiny_weights, read, run_cli
+from embed_support import MAJORTOM, is_valid_cog, read, run_cli
+from embed_support import one_thread, weights  # noqa: F401 (pytest fixtures shared by the embed tests)
 from ramen_core.embedding import FileInput, embed
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    return str(make_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors"))
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
 
-from embed_support import BIGEARTHNET_S2, LUXEMBOURG_S2, MAJORTOM, SF_S2, make_tiny_weights, run_cli
+from embed_support import BIGEARTHNET_S2, LUXEMBOURG_S2, MAJORTOM, SF_S2, run_cli
+from embed_support import one_thread, weights  # noqa: F401 (pytest fixtures shared by the embed tests)
 from ramen_core.inference import writer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    return str(make_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors"))
 
 
 def fails(args, message: str, folder: Path) -> str:

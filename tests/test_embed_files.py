@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
 
 from embed_support import (
@@ -24,31 +23,18 @@ from embed_support import (
     SF_S2,
     coverage_fraction,
     is_valid_cog,
-    make_tiny_weights,
+   
     read,
     run_cli,
     seam_ratio,
 )
+from embed_support import one_thread, weights  # noqa: F401 (pytest fixtures shared by the embed tests)
 from ramen_core.inference.tiling import window_starts
 from stac_server import localise_hrefs, read_item_dicts
 
 TINY_DIM = 64
 # Major TOM crop origin (EPSG:32648): x 366032.196859, y 1983668.206432, 384 px of 10 m.
 MAJORTOM_LEFT, MAJORTOM_TOP = 366032.196859, 1983668.206432
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the test machine's two cores are shared, and oversubscription is slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    return str(make_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors"))
 
 
 def embed_ok(*args) -> str:

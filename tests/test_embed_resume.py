@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import rasterio
-import torch
 from affine import Affine
 
 from embed_support import (
@@ -21,25 +19,13 @@ from embed_support import (
     SF_S1,
     SF_S2,
     is_valid_cog,
-    make_tiny_weights,
+   
     read,
     run_cli,
     run_cli_subprocess,
     subprocess_env,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    return str(make_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors"))
+from embed_support import one_thread, weights  # noqa: F401 (pytest fixtures shared by the embed tests)
 
 
 def test_two_runs_byte_identical(tmp_path, weights):
