@@ -8,7 +8,7 @@ import torch
 
 from ramen_core.bands import BandSpec
 from ramen_core.errors import ConfigError, InputError
-from ramen_core.model import ModalityInput, RamenConfig, RamenEncoder, RamenMAE, grid_shape
+from ramen_core.model import ModalityInput, RamenConfig, RamenEncoder, RamenMAE, grid_shape, reconstruction_loss
 
 S2_NM = [490, 560, 665, 705, 740, 783, 842, 865, 1610, 2190]
 
@@ -124,6 +124,14 @@ def test_single_band_loss_is_finite():
     dem = ModalityInput("dem", torch.randn(2, 1, 1, 8, 8), [BandSpec.elev("dsm")], 10.0)
     out = mae([dem], target_gsd=10.0)
     assert torch.isfinite(out.loss)
+
+
+def test_loss_without_masked_pixels_is_zero():
+    modality = ModalityInput("dem", torch.randn(1, 1, 2, 4, 4), [BandSpec.elev("dsm"), BandSpec.elev("slope")], 30.0)
+    prediction = torch.randn(1, 1, 4, 4, 2)
+    loss = reconstruction_loss(prediction, modality, torch.zeros(1, 36), (6, 6))
+    assert torch.isfinite(loss)
+    assert loss.item() == 0.0
 
 
 @pytest.mark.parametrize(

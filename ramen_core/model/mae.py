@@ -155,7 +155,11 @@ def reconstruction_loss(prediction: Tensor, modality: ModalityInput, token_mask:
     pixel_mask = F.interpolate(token_mask.reshape(b, 1, *grid), size=(h, w), mode="nearest")
     pixel_mask = pixel_mask.expand(b, t, h, w)  # the same mask for every date
     per_pixel = ((prediction - target) ** 2).mean(dim=-1)  # [B, T, H, W]
-    return (per_pixel * pixel_mask).sum() / pixel_mask.sum()
+    masked = pixel_mask.sum()
+    if masked == 0:
+        # A modality coarser than the token grid can have no masked pixel; 0/0 would be NaN.
+        return (per_pixel * pixel_mask).sum()
+    return (per_pixel * pixel_mask).sum() / masked
 
 
 @dataclass
